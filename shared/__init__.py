@@ -1,0 +1,1 @@
+"""Code shared by the API and the workers: settings, images, the model, the index."""

@@ -1,0 +1,62 @@
+"""Domain errors: every failure a user can cause or meet has a type, a code and a message."""
+
+
+class LookalikeError(Exception):
+    """Base of all domain errors; `code` is a stable machine-readable name."""
+
+    code = "error"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidImage(LookalikeError):
+    """The bytes are not an image we can embed."""
+
+    code = "invalid_image"
+    http_status = 400
+
+
+class NotAnImage(InvalidImage):
+    code = "not_an_image"
+
+
+class TruncatedImage(InvalidImage):
+    code = "truncated_image"
+
+
+class ImageTooLarge(InvalidImage):
+    code = "image_too_large"
+    http_status = 413
+
+
+class UnsupportedImageFormat(InvalidImage):
+    code = "unsupported_image_format"
+    http_status = 415
+
+
+class WeightsUnavailable(LookalikeError):
+    """The model weights cannot be found or downloaded."""
+
+    code = "weights_unavailable"
+    http_status = 503
+
+
+class SnapshotError(LookalikeError):
+    """An index snapshot is missing, partial or corrupt."""
+
+    code = "snapshot_error"
+
+
+class ModelMismatch(LookalikeError):
+    """Vectors from a different model (weights, pooling, preprocessing) than the index's."""
+
+    code = "model_mismatch"
+    http_status = 409
+
+
+class DimensionMismatch(LookalikeError):
+    code = "dimension_mismatch"
+    http_status = 400

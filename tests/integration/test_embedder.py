@@ -1,0 +1,207 @@
+"""The real ResNet50 engine, on a seeded random weights file written by the tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shared.embedder import Embedder, get_embedder
+from shared.errors import NotAnImage, WeightsUnavailable
+from shared.model_id import model_id
+from shared.settings import Settings
+from tests.support.images import varied_images
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+def reference_vectors(paths, weights_file) -> np.ndarray:
+    """The seed notebook's pipeline, verbatim: load_img -> ... -> model.predict, image by image."""
+    import keras
+    from keras.applications.resnet50 import ResNet50, preprocess_input
+    from keras.layers import GlobalMaxPooling2D
+    from keras.utils import img_to_array, load_img
+
+    base = ResNet50(weights=str(weights_file), include_top=False, input_shape=(224, 224, 3))
+    base.trainable = False
+    model = keras.Sequential([base, GlobalMaxPooling2D()])
+    rows = []
+    for path in paths:
+        image = load_img(path, target_size=(224, 224))
+        batch = preprocess_input(np.expand_dims(img_to_array(image), axis=0))
+        rows.append(model.predict(batch, verbose=0).reshape(-1))
+    return np.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def settings(weights_file) -> Settings:
+    return Settings(weights=str(weights_file), batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def embedder(settings) -> Embedder:
+    return get_embedder(settings)
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for name, data in sorted(varied_images().items()):
+        path = folder / name
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def test_vectors_match_the_reference_pipeline(embedder, image_files, weights_file):
+    ours = embedder.embed_bytes([path.read_bytes() for path in image_files])
+    assert all(isinstance(vector, np.ndarray) for vector in ours)
+    ours_matrix = np.stack(ours)  # type: ignore[arg-type]
+    reference = reference_vectors(image_files, weights_file)
+    assert ours_matrix.shape == (len(image_files), 2048)
+    assert ours_matrix.dtype == np.float32
+    assert cosine_rows(ours_matrix, reference).min() >= 0.9999
+    # The threshold tells images apart: two different pictures are further apart than that.
+    names = [path.name for path in image_files]
+    small, large = names.index("small.jpg"), names.index("large.jpg")
+    assert cosine_rows(ours_matrix[[small]], reference[[large]])[0] < 0.999
+
+
+def test_batches_give_the_same_vectors_as_single_images(embedder, image_files):
+    blobs = [path.read_bytes() for path in image_files[:5]]
+    together = np.stack(embedder.embed_bytes(blobs))  # type: ignore[arg-type]
+    alone = np.stack([embedder.embed_bytes([blob])[0] for blob in blobs])  # type: ignore[arg-type]
+    assert cosine_rows(together, alone).min() >= 0.99999
+
+
+def test_n_images_take_ceil_n_over_batch_forward_passes(embedder):
+    images = np.random.default_rng(0).integers(0, 255, (20, 224, 224, 3), dtype=np.uint8)
+    before = embedder.forward_passes
+    vectors = embedder.embed_arrays(images)
+    assert vectors.shape == (20, 2048)
+    assert embedder.forward_passes - before == 3  # batch size 8
+
+
+def test_bad_image_fails_alone(embedder, image_files):
+    good = image_files[0].read_bytes()
+    results = embedder.embed_bytes([good, b"not an image", good])
+    assert isinstance(results[1], NotAnImage)
+    assert np.allclose(results[0], results[2])
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_stays_within_cosine_0999(weights_file, embedder, image_files, precision):
+    mixed = Embedder(Settings(weights=str(weights_file), batch_size=8, precision=precision))
+    blobs = [path.read_bytes() for path in image_files]
+    low = np.stack(mixed.embed_bytes(blobs))  # type: ignore[arg-type]
+    full = np.stack(embedder.embed_bytes(blobs))  # type: ignore[arg-type]
+    assert low.dtype == np.float32
+    assert cosine_rows(low, full).min() >= 0.999
+    assert mixed.model_id == embedder.model_id.replace("float32", precision)
+
+
+def test_model_id_changes_with_weights_pooling_precision_and_preprocessing(weights_file, tmp_path):
+    base = Settings(weights=str(weights_file))
+    other_weights = tmp_path / "copy.h5"
+    other_weights.write_bytes(weights_file.read_bytes() + b"\0")
+    variants = [
+        base,
+        Settings(weights=str(other_weights)),
+        Settings(weights=str(weights_file), pooling="avg"),
+        Settings(weights=str(weights_file), precision="bfloat16"),
+        Settings(weights=str(weights_file), interpolation="bilinear"),
+    ]
+    assert len({model_id(variant) for variant in variants}) == len(variants)
+    assert model_id(base).startswith("resnet50-max-w")
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightsUnavailable) as error:
+        Embedder(Settings(weights=str(tmp_path / "nope.h5")))
+    assert error.value.message == (
+        f"weights file not found: {tmp_path / 'nope.h5'} (LOOKALIKE_WEIGHTS must be 'imagenet' "
+        "or the path to a Keras ResNet50 no-top weights file)"
+    )
+
+
+def test_wrong_weights_file_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "bogus.h5"
+    bogus.write_bytes(b"definitely not hdf5")
+    with pytest.raises(WeightsUnavailable, match=rf"^could not load weights from {bogus}: not a"):
+        Embedder(Settings(weights=str(bogus)))
+
+
+def test_imagenet_offline_says_how_to_use_a_local_file(tmp_path, monkeypatch):
+    # KERAS_HOME empty: Keras must download, and this machine (like CI) has no route out.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    code = (
+        "from shared.embedder import build_model\n"
+        "from shared.settings import Settings\n"
+        "build_model(Settings(weights='imagenet'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    if result.returncode == 0:
+        pytest.skip("this machine can download the ImageNet weights")
+    assert "WeightsUnavailable: could not load the ImageNet weights" in result.stderr
+    assert "set LOOKALIKE_WEIGHTS to its path" in result.stderr
+
+
+def test_cli_embed_writes_vectors_in_input_order(settings, embedder, image_files, tmp_path):
+    out = tmp_path / "vectors.npy"
+    chosen = [image_files[3], image_files[0], image_files[7]]
+    env_code = "import sys; from shared.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run(
+        [sys.executable, "-c", env_code, "embed", *map(str, chosen), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=_env(settings),
+    )
+    assert result.returncode == 0, result.stderr
+    vectors = np.load(out)
+    assert vectors.shape == (3, 2048)
+    expected = np.stack(embedder.embed_bytes([path.read_bytes() for path in chosen]))  # type: ignore[arg-type]
+    assert cosine_rows(vectors, expected).min() >= 0.9999
+
+
+def test_cli_embed_refuses_a_bad_image_and_writes_nothing(settings, image_files, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    out = tmp_path / "vectors.npy"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "embed",
+            str(image_files[0]),
+            str(bad),
+            "--out",
+            str(out),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=_env(settings),
+    )
+    assert result.returncode == 1
+    assert f"{bad}: not an image: the data is in no format we can read" in result.stderr
+    assert not out.exists()
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "LOOKALIKE_WEIGHTS": settings.weights, "TF_CPP_MIN_LOG_LEVEL": "2"}
