@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(Path("data"), description="Where snapshots and embedded Redis live.")
+    redis_url: str | None = Field(
+        None, description="Redis for broker, results and data; unset: `up` starts its own."
+    )
 
     # The embedding model.
     weights: str = Field(
@@ -43,6 +46,22 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(16, ge=2, le=128, description="HNSW graph degree M.")
     hnsw_ef_construction: int = Field(200, ge=8, description="HNSW build beam width.")
     hnsw_ef_search: int = Field(64, ge=1, description="HNSW query beam width (at least k).")
+
+    # The pipeline.
+    batch_wait: float = Field(
+        0.05, gt=0, description="Seconds an embed worker waits to fill a batch."
+    )
+    visibility_timeout: int = Field(
+        600, ge=1, description="Seconds before an unacknowledged task is redelivered."
+    )
+    task_time_limit: int = Field(300, ge=1, description="Hard time limit of one task, seconds.")
+    task_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds task records are kept.")
+    upload_ttl: int = Field(24 * 3600, ge=60, description="Seconds an upload waits for a worker.")
+    snapshot_every: int = Field(1000, ge=1, description="Journal entries between snapshots.")
+    snapshot_interval: float = Field(60.0, gt=0, description="Max seconds between snapshots.")
+    search_wait: float = Field(10.0, ge=0, description="Seconds a search waits for its vector.")
+    max_metadata_bytes: int = Field(16384, ge=2, description="Largest metadata JSON accepted.")
+    thumbnail_size: int = Field(256, ge=16, le=1024, description="Longest side of thumbnails.")
 
 
 @lru_cache(maxsize=1)
