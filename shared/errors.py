@@ -60,3 +60,10 @@ class ModelMismatch(LookalikeError):
 class DimensionMismatch(LookalikeError):
     code = "dimension_mismatch"
     http_status = 400
+
+
+class RedisUnavailable(LookalikeError):
+    """No Redis server can be found, started or reached."""
+
+    code = "redis_unavailable"
+    http_status = 503

@@ -1,0 +1,96 @@
+"""`lookalike up`: Redis (our own unless LOOKALIKE_REDIS_URL is set), the workers and the API."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from shared.redis_server import RedisServer, free_port, port_is_free
+from shared.settings import Settings
+from shared.supervisor import OWN_LABEL, ProcessSpec, Supervisor
+
+PORT_FILE = "port"
+
+
+def start_embedded_redis(settings: Settings) -> RedisServer:
+    """Start the appendonly Redis in data_dir/redis, on the port it had last time if still free."""
+    directory = settings.data_dir.resolve() / "redis"
+    port_file = directory / PORT_FILE
+    stored = _read_port(port_file)
+    port = stored if stored is not None and port_is_free(stored) else free_port()
+    if port != stored:
+        _write_port(port_file, port)
+    server = RedisServer(directory, port=port, appendonly=True)
+    server.start()
+    return server
+
+
+def stack_specs(settings: Settings, redis_url: str, host: str, port: int) -> list[ProcessSpec]:
+    """The embed worker, the index writer and the API, all pointed at `redis_url`."""
+    python = sys.executable
+    # Not resolved: the venv's python is a symlink, and resolving it would leave the venv.
+    bin_dir = str(Path(python).parent)
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "LOOKALIKE_REDIS_URL": redis_url,
+        "LOOKALIKE_DATA_DIR": str(settings.data_dir.resolve()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    embed = [python, "-m", "celery", "-A", "workers.app", "worker", "-Q", "embed", "-P", "solo"]
+    embed += ["-n", "embed@%h", "--loglevel", "INFO"]
+    api = [python, "-m", "gunicorn", "--bind", _address(host, port), "--workers", "1"]
+    api += ["--threads", "8", "--timeout", "120", "api.app:create_app()"]
+    return [
+        # Celery's warm shutdown finishes the batch in hand; a SIGKILL only gets it redelivered.
+        ProcessSpec("embed", embed, env, stop_timeout=30),
+        ProcessSpec("writer", [python, "-m", "workers.writer"], env),
+        ProcessSpec("api", api, env),
+    ]
+
+
+def run_stack(settings: Settings, host: str, port: int) -> int:
+    """Run the whole stack until SIGINT/SIGTERM or a process fails; the exit code."""
+    server: RedisServer | None = None
+    if settings.redis_url is None:
+        server = start_embedded_redis(settings)
+        redis_url = server.url
+        redis_note = f"{redis_url} (ours, data in {server.directory})"
+    else:
+        redis_url = redis_note = settings.redis_url
+    try:
+        supervisor = Supervisor(stack_specs(settings, redis_url, host, port))
+
+        def announce() -> None:
+            supervisor.log(OWN_LABEL, f"API on http://{_address(host, port)}/, Redis {redis_note}")
+            supervisor.log(OWN_LABEL, "Ctrl-C stops everything")
+
+        return supervisor.run(on_started=announce)
+    finally:
+        if server is not None:
+            # After the children, so nothing writes any more; SHUTDOWN fsyncs the append-only file.
+            server.stop()
+            print(f"{OWN_LABEL} | redis stopped", flush=True)
+
+
+def _address(host: str, port: int) -> str:
+    """host:port, with an IPv6 host in brackets."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _read_port(path: Path) -> int | None:
+    try:
+        port = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
+
+
+def _write_port(path: Path, port: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    partial.write_text(f"{port}\n")
+    partial.replace(path)
