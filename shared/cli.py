@@ -50,6 +50,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the whole stack: Redis (unless LOOKALIKE_REDIS_URL), embed worker, writer, API."""
+    from shared.stack import run_stack
+
+    return run_stack(get_settings(), args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookalike", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -60,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, type=Path, metavar="FILE.npy")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(handler=cmd_embed)
+
+    up = commands.add_parser("up", help="run Redis, an embed worker, the writer and the API")
+    up.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    up.set_defaults(handler=cmd_up)
     return parser
 
 

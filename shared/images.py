@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from shared.errors import ImageTooLarge, NotAnImage, TruncatedImage, UnsupportedImageFormat
 
@@ -119,3 +119,13 @@ class ImageDecoder:
             return self.decode(data)
         except Exception as exc:  # returned per item so one bad image never fails a batch
             return exc
+
+
+def make_thumbnail(data: bytes, max_side: int, max_pixels: int) -> bytes:
+    """A small JPEG of the image, aspect ratio kept, for galleries and result pages."""
+    image = open_image(data, max_pixels)
+    image = ImageOps.exif_transpose(to_rgb(image))
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85, optimize=True)
+    return buffer.getvalue()

@@ -1,0 +1,35 @@
+"""The Flask app factory: `gunicorn 'api.app:create_app()'`."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+
+from api.errors import register_error_handlers
+from api.health import health
+from api.metrics import install_metrics
+from api.openapi import openapi_document
+from api.views import v1
+from shared.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None, start_replica: bool = True) -> Flask:
+    """The API; it follows the index journal in a background thread from the start."""
+    from api.services import Services
+
+    settings = settings or get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    app = Flask(__name__)
+    # Room for the image and a form's other fields; the exact image limit is checked later.
+    app.config["MAX_CONTENT_LENGTH"] = (
+        settings.max_image_bytes + settings.max_metadata_bytes + 65536
+    )
+    services = Services(settings, start_replica=start_replica)
+    app.extensions["lookalike"] = services
+    app.extensions["metrics"] = install_metrics(app, services)
+    register_error_handlers(app)
+    app.register_blueprint(v1)
+    app.register_blueprint(health)
+    app.add_url_rule("/api/v1/openapi.json", "openapi", lambda: jsonify(openapi_document()))
+    return app

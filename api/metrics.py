@@ -1,0 +1,97 @@
+"""Prometheus metrics: requests and latency by endpoint, plus pipeline figures from Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Flask, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shared import keys
+from shared.queue import EMBED_QUEUE, PRIORITY_STEPS
+from shared.records import TASK_STATES
+
+# kombu's Redis transport keeps one list per priority step: "embed", "embed\x06\x163", ...
+PRIORITY_SEPARATOR = "\x06\x16"
+
+
+class RequestMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "lookalike_http_requests", "HTTP requests", ["endpoint", "method", "status"],
+            registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "lookalike_http_request_seconds", "HTTP request latency", ["endpoint"],
+            registry=registry,
+        )  # fmt: skip
+
+
+def install_metrics(app: Flask, services: Any) -> RequestMetrics:
+    metrics = RequestMetrics(CollectorRegistry())
+    metrics.registry.register(PipelineCollector(services))
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count(response: Any) -> Any:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - g.started)
+        return response
+
+    return metrics
+
+
+class PipelineCollector(Collector):
+    """Read at scrape time: tasks by state, queue depth, index size, embedding throughput."""
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Any]:
+        client = self.services.redis
+        stats = {k.decode(): float(v) for k, v in client.hgetall(keys.STATS).items()}
+        tasks = CounterMetricFamily("lookalike_tasks", "Task state transitions", labels=["state"])
+        for state in TASK_STATES:
+            tasks.add_metric([state], stats.get(f"tasks_{state}", 0.0))
+        yield tasks
+        depth = sum(int(client.llen(queue_name(step))) for step in PRIORITY_STEPS)
+        yield GaugeMetricFamily(
+            "lookalike_queue_depth", "Messages waiting in the embed queue", depth
+        )
+        yield GaugeMetricFamily(
+            "lookalike_index_items", "Items in this process's index replica",
+            len(self.services.replica.catalog),
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "lookalike_forward_passes", "Model forward passes", stats.get("forward_passes", 0.0)
+        )
+        images, seconds = stats.get("images_embedded", 0.0), stats.get("embed_seconds", 0.0)
+        yield CounterMetricFamily("lookalike_images_embedded", "Images embedded", images)
+        yield GaugeMetricFamily(
+            "lookalike_embed_images_per_second", "Images per second of embedding time",
+            images / seconds if seconds else 0.0,
+        )  # fmt: skip
+        batches = GaugeMetricFamily(
+            "lookalike_embed_batches", "Forward passes by batch size", labels=["size"]
+        )
+        for size, count in sorted(client.hgetall(keys.BATCH_SIZES).items()):
+            batches.add_metric([size.decode()], float(count))
+        yield batches
+
+
+def queue_name(step: int) -> str:
+    return EMBED_QUEUE if step == 0 else f"{EMBED_QUEUE}{PRIORITY_SEPARATOR}{step}"
+
+
+def render_metrics(services: Any, metrics: RequestMetrics) -> bytes:
+    return generate_latest(metrics.registry)

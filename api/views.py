@@ -1,0 +1,83 @@
+"""The HTTP endpoints of /api/v1: each validates, calls one service function, answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from api import validation
+from api.services import Services
+
+v1 = Blueprint("v1", __name__, url_prefix="/api/v1")
+
+
+def services() -> Services:
+    return current_app.extensions["lookalike"]
+
+
+def accepted(task_id: str, **extra: Any) -> tuple[Response, int, dict[str, str]]:
+    status_url = url_for("v1.get_task", task_id=task_id)
+    body = jsonify(task_id=task_id, status_url=status_url, **extra)
+    return body, 202, {"Location": status_url}
+
+
+@v1.post("/products")
+def post_product() -> Any:
+    settings = services().settings
+    product_id = validation.product_id(request.form.get("product_id"))
+    metadata = validation.metadata(request.form.get("metadata"), settings)
+    image = validation.image(request.files.get("image"), settings)
+    task_id = services().accept_product(product_id, image, metadata)
+    return accepted(task_id, product_id=product_id)
+
+
+@v1.get("/products/<product_id>")
+def get_product(product_id: str) -> Any:
+    record = services().product(product_id)
+    record["image_url"] = url_for("v1.get_image", product_id=product_id)
+    record["similar_url"] = url_for("v1.get_similar", product_id=product_id)
+    return jsonify(record)
+
+
+@v1.get("/products/<product_id>/similar")
+def get_similar(product_id: str) -> Any:
+    k = validation.k(request.args.get("k"))
+    filters = validation.filters(request.args)
+    results = services().similar(product_id, k, filters)
+    return jsonify(product_id=product_id, k=k, filters=filters, results=results)
+
+
+@v1.delete("/products/<product_id>")
+def delete_product(product_id: str) -> Any:
+    services().delete_product(product_id)
+    return "", 204
+
+
+@v1.get("/products/<product_id>/image")
+def get_image(product_id: str) -> Any:
+    data = services().thumbnail(product_id)
+    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "max-age=60"})
+
+
+@v1.post("/search")
+def post_search() -> Any:
+    settings = services().settings
+    k = validation.k(request.form.get("k"))
+    image = validation.image(request.files.get("image"), settings)
+    filters = validation.filters(request.form, reserved=("k", "image"))
+    record = services().start_search(image, k, filters)
+    record = services().wait_for(record.task_id, settings.search_wait)
+    if record.state == "queued" or record.state == "running":
+        return accepted(record.task_id)
+    if record.state == "failed":
+        error = record.error or {}
+        body = {"error": error, "task_id": record.task_id}
+        return jsonify(body), 422
+    results = services().search_results(record)
+    return jsonify(task_id=record.task_id, k=k, filters=filters, results=results)
+
+
+@v1.get("/tasks/<task_id>")
+def get_task(task_id: str) -> Any:
+    return jsonify(services().public_task(services().task(task_id)))

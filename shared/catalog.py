@@ -1,0 +1,153 @@
+"""The searchable catalog: a VectorIndex plus each product's metadata, built from the journal."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.errors import SnapshotError
+from shared.index import VectorIndex
+from shared.journal import START, JournalEntry
+from shared.model_id import EMBEDDING_DIM
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+Hit = dict[str, Any]
+
+
+class Catalog:
+    """Vectors and metadata at one journal position; snapshot + later entries = the index."""
+
+    def __init__(self, settings: Settings, index: VectorIndex | None = None) -> None:
+        self.settings = settings
+        self.index = index
+        self.position = START if index is None else (index.journal_position or START)
+        self.metadata: dict[str, dict[str, Any]] = {}
+        self._by_field: dict[tuple[str, str], set[str]] = {}
+        self._lock = threading.Lock()
+        if index is not None:
+            for product_id, meta in index.extra.get("metadata", {}).items():
+                self._set_metadata(product_id, meta)
+
+    @classmethod
+    def load(cls, settings: Settings, directory: Path) -> Catalog:
+        """The catalog of the snapshot in directory, or an empty one when there is none yet."""
+        try:
+            index = VectorIndex.load(directory, ef_search=settings.hnsw_ef_search)
+        except SnapshotError:
+            if (directory / "snapshot.json").exists():
+                raise
+            return cls(settings)
+        return cls(settings, index)
+
+    @property
+    def model_id(self) -> str | None:
+        return None if self.index is None else self.index.model_id
+
+    def __len__(self) -> int:
+        return 0 if self.index is None else len(self.index)
+
+    def __contains__(self, product_id: object) -> bool:
+        return self.index is not None and product_id in self.index
+
+    def apply(self, entries: Iterable[JournalEntry]) -> int:
+        """Apply journal entries in order (upserts in one batch); returns how many applied."""
+        pending: dict[str, JournalEntry] = {}
+        applied = 0
+        for entry in entries:
+            self.position = entry.position
+            if entry.op == "delete":
+                pending.pop(entry.product_id, None)
+                self._delete(entry.product_id)
+            elif self._accepts(entry):
+                pending[entry.product_id] = entry
+            else:
+                continue
+            applied += 1
+        if pending:
+            self._upsert(list(pending.values()))
+        if self.index is not None:
+            self.index.journal_position = self.position
+        return applied
+
+    def _accepts(self, entry: JournalEntry) -> bool:
+        if self.index is None:
+            self.index = VectorIndex.from_settings(self.settings, EMBEDDING_DIM, entry.model_id)
+            self.index.journal_position = self.position
+        if entry.model_id != self.index.model_id:
+            log.error(
+                "journal entry %s for %s is from model %s, the index from %s: skipped",
+                entry.position, entry.product_id, entry.model_id, self.index.model_id,
+            )  # fmt: skip
+            return False
+        return True
+
+    def _upsert(self, entries: list[JournalEntry]) -> None:
+        assert self.index is not None
+        vectors = np.stack([entry.vector for entry in entries])  # type: ignore[misc]
+        self.index.upsert([entry.product_id for entry in entries], vectors)
+        with self._lock:
+            for entry in entries:
+                self._drop_metadata(entry.product_id)
+                self._set_metadata(entry.product_id, entry.metadata)
+
+    def _delete(self, product_id: str) -> None:
+        if self.index is not None:
+            self.index.delete([product_id])
+        with self._lock:
+            self._drop_metadata(product_id)
+
+    def _set_metadata(self, product_id: str, meta: dict[str, Any]) -> None:
+        self.metadata[product_id] = meta
+        for key, value in meta.items():
+            self._by_field.setdefault((key, str(value)), set()).add(product_id)
+
+    def _drop_metadata(self, product_id: str) -> None:
+        for key, value in self.metadata.pop(product_id, {}).items():
+            self._by_field.get((key, str(value)), set()).discard(product_id)
+
+    def matching(self, filters: Mapping[str, str]) -> set[str] | None:
+        """Ids whose metadata equals every filter value; None when there are no filters."""
+        if not filters:
+            return None
+        with self._lock:
+            sets = [self._by_field.get((key, value), set()) for key, value in filters.items()]
+            return set.intersection(*sets)
+
+    def similar(self, product_id: str, k: int, filters: Mapping[str, str]) -> list[Hit]:
+        """The k nearest other products to an indexed one (KeyError when it is not indexed)."""
+        if self.index is None or product_id not in self.index:
+            raise KeyError(product_id)
+        vector = self.index.get_vector(product_id)
+        return self.search(vector, k, filters, exclude=(product_id,))
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        filters: Mapping[str, str],
+        exclude: Iterable[str] = (),
+    ) -> list[Hit]:
+        if self.index is None or len(self.index) == 0:
+            return []
+        allow = self.matching(filters)
+        if allow is not None and not allow:
+            return []
+        hits = self.index.query(vector, k, exclude=set(exclude), allow=allow)
+        return [
+            {"product_id": hit, "score": round(score, 6), "metadata": self.metadata.get(hit, {})}
+            for hit, score in hits
+        ]
+
+    def save(self, directory: Path) -> None:
+        """Snapshot vectors and metadata together at the current journal position."""
+        if self.index is None:
+            return
+        with self._lock:
+            metadata = {pid: dict(meta) for pid, meta in self.metadata.items()}
+        self.index.save(directory, self.position, extra={"metadata": metadata})

@@ -1,0 +1,33 @@
+"""Every Redis key name the project uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "lk:"
+JOURNAL = PREFIX + "journal"  # stream of index changes: the source of every index
+INDEX_MODEL = PREFIX + "index:model"  # the model id every vector in the journal comes from
+PRODUCTS = PREFIX + "products"  # set of known product ids
+WRITER_LOCK = PREFIX + "writer:lock"  # held by the one index writer
+STATS = PREFIX + "stats"  # hash of counters: tasks by state, forward passes, images embedded
+BATCH_SIZES = PREFIX + "stats:batch_sizes"  # hash: batch size -> number of forward passes
+
+
+def product(product_id: str) -> str:
+    return f"{PREFIX}product:{product_id}"
+
+
+def task(task_id: str) -> str:
+    return f"{PREFIX}task:{task_id}"
+
+
+def upload(task_id: str) -> str:
+    """Image bytes waiting for their embed task (with a TTL)."""
+    return f"{PREFIX}upload:{task_id}"
+
+
+def query_vector(task_id: str) -> str:
+    """The vector of a search image, kept as long as its task record."""
+    return f"{PREFIX}qvec:{task_id}"
+
+
+def thumbnail(product_id: str) -> str:
+    return f"{PREFIX}thumb:{product_id}"

@@ -1,0 +1,44 @@
+"""The Celery configuration both sides share, and sending tasks by name (no worker imports)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.settings import Settings
+
+EMBED_TASK = "lookalike.embed"
+EMBED_QUEUE = "embed"
+# Redis transport priorities: 0 is served first. Searches jump ahead of bulk indexing.
+SEARCH_PRIORITY = 0
+BULK_PRIORITY = 6
+PRIORITY_STEPS = [0, 3, 6, 9]
+
+
+def make_celery(settings: Settings, redis_url: str) -> Celery:
+    """A Celery app with our reliability settings: late acks, redelivery, bounded prefetch."""
+    app = Celery("lookalike", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,  # our own task records carry states and results
+        task_time_limit=settings.task_time_limit,
+        result_expires=settings.task_ttl,
+        broker_connection_retry_on_startup=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "priority_steps": PRIORITY_STEPS,
+            "queue_order_strategy": "priority",
+        },
+        task_default_queue=EMBED_QUEUE,
+    )
+    return app
+
+
+def send_embed(app: Celery, task_id: str, priority: int) -> None:
+    """Queue the embedding of the upload saved under task_id."""
+    app.send_task(EMBED_TASK, args=[task_id], task_id=task_id, queue=EMBED_QUEUE, priority=priority)

@@ -1,0 +1,81 @@
+"""An API process's replica of the index: newest snapshot, then the journal, followed live."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from shared.catalog import Catalog
+from shared.follower import read_after, trimmed_past
+from shared.journal import position_key
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Replica:
+    """Keeps `catalog` current in a background thread; `catalog` is swapped on reloads."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.client = client
+        self.directory = settings.data_dir / "index"
+        self.catalog = Catalog(settings)
+        self.loaded = threading.Event()
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replica", daemon=True)
+
+    def start(self) -> Replica:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow()
+            except Exception as exc:  # keep following: a Redis restart must not kill the replica
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("replica paused: %s; retrying in 1s", self.last_error)
+                self._stop.wait(1.0)
+
+    def _follow(self) -> None:
+        if not self.loaded.is_set():
+            self._reload()
+        while not self._stop.is_set():
+            catalog = self.catalog
+            before = catalog.position
+            entries = read_after(self.client, before, block_ms=500)
+            if trimmed_past(self.client, before) and self._reload_helps(before):
+                continue  # what we missed was in a newer snapshot, now loaded
+            catalog.apply(entries)
+            self.last_error = None
+
+    def _reload_helps(self, before: str) -> bool:
+        fresh = Catalog.load(self.settings, self.directory)
+        if position_key(fresh.position) > position_key(before):
+            self.catalog = fresh
+            log.info("replica reloaded %d items at %s", len(fresh), fresh.position)
+            return True
+        log.error(
+            "the journal was trimmed past %s but %s has no newer snapshot: this replica "
+            "needs the writer's data directory (LOOKALIKE_DATA_DIR)", before, self.directory,
+        )  # fmt: skip
+        return False
+        return False
+
+    def _reload(self) -> None:
+        started = time.perf_counter()
+        self.catalog = Catalog.load(self.settings, self.directory)
+        self.loaded.set()
+        log.info(
+            "replica loaded %d items at %s in %.2fs",
+            len(self.catalog), self.catalog.position, time.perf_counter() - started,
+        )  # fmt: skip

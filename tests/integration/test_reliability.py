@@ -1,0 +1,111 @@
+"""Batching, crashes and restarts, with real processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+import requests
+
+from shared import keys
+from tests.support.client import post_product, product_image, similar, wait_task
+from tests.support.stack import Stack, wait_until
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, weights_file) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("stack"), weights_file, snapshot_interval=1)
+    stack.start_redis()
+    stack.start_writer()
+    stack.start_api()
+    yield stack
+    stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> str:
+    return stack.api_urls[0]
+
+
+def redis_of(stack: Stack) -> redis.Redis:
+    return redis.Redis.from_url(stack.redis.url)
+
+
+def post_many(api: str, prefix: str, count: int) -> list[str]:
+    task_ids = []
+    for n in range(count):
+        response = post_product(api, f"{prefix}{n}", product_image(100 + n), {"n": n})
+        assert response.status_code == 202, response.text
+        task_ids.append(response.json()["task_id"])
+    return task_ids
+
+
+def state(api: str, task_id: str) -> str:
+    return requests.get(f"{api}/api/v1/tasks/{task_id}", timeout=10).json()["state"]
+
+
+def test_queued_items_take_about_n_over_batch_forward_passes(stack, api):
+    task_ids = post_many(api, "b", 16)  # no worker yet: all 16 wait in the queue
+    assert {state(api, task_id) for task_id in task_ids} == {"queued"}
+    before = int(redis_of(stack).hget(keys.STATS, "forward_passes") or 0)
+    stack.start_worker()
+    records = [wait_task(api, task_id) for task_id in task_ids]
+    assert {record["state"] for record in records} == {"succeeded"}
+    passes = int(redis_of(stack).hget(keys.STATS, "forward_passes") or 0) - before
+    assert passes <= 3  # 16 items at batch size 8: 2 passes, 3 if a timer flush splits one
+
+
+def test_embed_worker_killed_mid_batch_loses_no_task(stack, api):
+    stack.stop("embed")
+    task_ids = post_many(api, "k", 16)
+    stack.start_worker()
+    wait_until(
+        lambda: any(state(api, t) == "running" for t in task_ids), 60, "no task started",
+        interval=0.01,
+    )  # fmt: skip
+    stack.kill("embed")  # SIGKILL, in the middle of the first batch
+    unfinished = [t for t in task_ids if state(api, t) != "succeeded"]
+    assert unfinished, "the worker finished everything before it was killed"
+    stack.start_worker()
+    records = [wait_task(api, task_id, timeout=120) for task_id in task_ids]
+    assert {record["state"] for record in records} == {"succeeded"}
+    products = [requests.get(f"{api}/api/v1/products/k{n}", timeout=10).json() for n in range(16)]
+    assert all(product["indexed"] for product in products)
+
+
+def test_writer_snapshots_and_trims_the_journal(stack):
+    manifest = stack.root / "data" / "index" / "snapshot.json"
+    wait_until(manifest.exists, 10, "no snapshot written")
+    client = redis_of(stack)
+
+    def snapshot_caught_up():
+        saved = json.loads(manifest.read_text())
+        return saved["count"] == 32 and client.xlen(keys.JOURNAL) <= 1
+
+    wait_until(snapshot_caught_up, 10, "snapshot did not catch up, or journal not trimmed")
+
+
+def test_a_second_writer_waits_while_the_first_holds_the_lock(stack):
+    stack.start_writer("writer2")
+    wait_until(lambda: "waiting for the writer lock" in stack.log("writer2"), 30, "no wait")
+    owner = redis_of(stack).get(keys.WRITER_LOCK)
+    assert owner and f"writer lock acquired ({owner.decode()})" in stack.log("writer")
+    assert "writer lock acquired" not in stack.log("writer2")
+    stack.stop("writer2")
+
+
+def test_restart_of_the_stack_returns_the_same_neighbours(stack, api):
+    wait_until(lambda: similar(api, "b0").status_code == 200, 5, "b0 not queryable")
+    before = {pid: similar(api, pid, k=5).json()["results"] for pid in ("b0", "b5", "k3")}
+    stack.stop_all()
+    stack.start_redis()
+    stack.start_worker()
+    stack.start_writer()
+    url = stack.start_api()
+    stack.wait_ready(url)
+    after = {pid: similar(url, pid, k=5).json()["results"] for pid in before}
+    for pid, hits in before.items():
+        assert [h["product_id"] for h in after[pid]] == [h["product_id"] for h in hits]
+        assert [h["score"] for h in after[pid]] == pytest.approx([h["score"] for h in hits])

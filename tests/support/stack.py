@@ -1,0 +1,119 @@
+"""The real stack for end-to-end tests: redis-server, celery workers, the writer, gunicorn."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from shared.redis_server import RedisServer
+
+PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Stack:
+    """Owns every process of one test stack; each can be stopped, killed and started again."""
+
+    def __init__(self, root: Path, weights: Path, **settings: Any) -> None:
+        self.root = root
+        self.redis = RedisServer(root / "redis")
+        self.env = {
+            **os.environ,
+            "LOOKALIKE_WEIGHTS": str(weights),
+            "LOOKALIKE_DATA_DIR": str(root / "data"),
+            "LOOKALIKE_BATCH_SIZE": "8",
+            "LOOKALIKE_BATCH_WAIT": "0.2",
+            "LOOKALIKE_VISIBILITY_TIMEOUT": "6",
+            "LOOKALIKE_SEARCH_WAIT": "20",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONUNBUFFERED": "1",
+            **{f"LOOKALIKE_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.api_urls: list[str] = []
+
+    def start_redis(self) -> None:
+        self.redis.start()
+        self.env["LOOKALIKE_REDIS_URL"] = self.redis.url
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.processes[name] = process
+        return process
+
+    def start_worker(self, name: str = "embed") -> subprocess.Popen[bytes]:
+        argv = [PYTHON, "-m", "celery", "-A", "workers.app", "worker", "-Q", "embed", "-P", "solo"]
+        return self._spawn(name, [*argv, "-n", f"{name}@%h", "--loglevel", "INFO"])
+
+    def start_writer(self, name: str = "writer") -> subprocess.Popen[bytes]:
+        return self._spawn(name, [PYTHON, "-m", "workers.writer"])
+
+    def start_api(self, name: str = "api") -> str:
+        port = free_port()
+        argv = [PYTHON, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+        self._spawn(name, [*argv, "--threads", "8", "api.app:create_app()"])
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(url + "/healthz"), 60, f"{name} did not start")
+        self.api_urls.append(url)
+        return url
+
+    def wait_ready(self, url: str, timeout: float = 120) -> None:
+        wait_until(lambda: _answers(url + "/readyz"), timeout, "the stack did not get ready")
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.stop(name)
+        self.api_urls.clear()
+        self.redis.stop()
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_until(condition: Any, timeout: float, message: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(message)

@@ -1,0 +1,16 @@
+"""The Celery app of the embed workers: `celery -A workers.app worker -Q embed -P solo`."""
+
+from __future__ import annotations
+
+from shared.queue import make_celery
+from shared.settings import get_settings
+
+settings = get_settings()
+if settings.redis_url is None:
+    raise SystemExit("LOOKALIKE_REDIS_URL is not set: workers need the stack's Redis")
+
+celery_app = make_celery(settings, settings.redis_url)
+# celery-batches only flushes a full batch if the worker holds that many messages at once.
+celery_app.conf.worker_prefetch_multiplier = max(settings.batch_size, 1)
+celery_app.conf.include = ["workers.embedding"]
+app = celery_app

@@ -1,0 +1,202 @@
+"""The embed task: batches of queued images through one forward pass, then the journal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import redis
+from celery_batches import Batches, SimpleRequest
+
+from shared import keys
+from shared.embedder import Embedder, get_embedder
+from shared.errors import LookalikeError
+from shared.images import make_thumbnail
+from shared.journal import Fields, upsert_entry
+from shared.queue import EMBED_TASK
+from shared.records import TaskRecord, TaskStore, connect, failure
+from workers.app import celery_app, settings
+
+log = logging.getLogger(__name__)
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+
+
+@dataclass
+class Job:
+    record: TaskRecord
+    image: bytes
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    assert settings.redis_url is not None
+    return connect(settings.redis_url)
+
+
+def tasks() -> TaskStore:
+    return TaskStore(redis_client(), settings.task_ttl)
+
+
+@celery_app.task(
+    base=Batches,
+    name=EMBED_TASK,
+    flush_every=settings.batch_size,
+    flush_interval=settings.batch_wait,
+    acks_late=True,
+)
+def embed(requests: list[SimpleRequest]) -> None:
+    """Embed a batch; Redis outages are retried with backoff before the batch is acknowledged."""
+    task_ids = [request.args[0] for request in requests]
+    delay = 0.5
+    deadline = time.monotonic() + settings.task_time_limit
+    while True:
+        try:
+            process_batch(task_ids)
+            return
+        except TRANSIENT as exc:
+            # Returning would acknowledge the messages; while Redis is away we keep them.
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("Redis unavailable (%s); retrying the batch in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def process_batch(task_ids: list[str]) -> None:
+    jobs = [job for job in map(claim, task_ids) if job is not None]
+    if not jobs:
+        return
+    embedder = get_embedder(settings)
+    passes, started = embedder.forward_passes, time.perf_counter()
+    results = embedder.embed_bytes([job.image for job in jobs])
+    record_batch_stats(embedder.forward_passes - passes, len(jobs), started)
+    for job, result in zip(jobs, results, strict=True):
+        if isinstance(result, LookalikeError):
+            finish_failed(job.record, failure(result.code, result.message))
+        elif isinstance(result, Exception):
+            log.exception("embedding %s failed", job.record.task_id, exc_info=result)
+            finish_failed(job.record, failure("embed_failed", f"could not embed: {result}"))
+        elif job.record.kind == "search":
+            finish_search(job.record, result, embedder)
+        else:
+            finish_index(job, result, embedder)
+
+
+def claim(task_id: str) -> Job | None:
+    """The job for a task, or None when it is done already (a redelivery) or unknown."""
+    record = tasks().get(task_id)
+    if record is None:
+        log.warning("task %s has no record (expired?); skipped", task_id)
+        return None
+    if record.state in ("succeeded", "failed"):
+        return None
+    image = redis_client().get(keys.upload(task_id))
+    if image is None:
+        message = "the uploaded image expired before a worker took it"
+        finish_failed(record, failure("upload_expired", message))
+        return None
+    tasks().transition(task_id, "running")
+    record.state = "running"
+    return Job(record, image)  # type: ignore[arg-type]
+
+
+def record_batch_stats(passes: int, images: int, started: float) -> None:
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.hincrby(keys.STATS, "forward_passes", passes)
+    pipe.hincrby(keys.STATS, "images_embedded", images)
+    pipe.hincrbyfloat(keys.STATS, "embed_seconds", time.perf_counter() - started)
+    pipe.hincrby(keys.BATCH_SIZES, str(images), 1)
+    pipe.execute()
+
+
+def finish_failed(record: TaskRecord, error: dict[str, str]) -> None:
+    pipe = redis_client().pipeline()
+    tasks().transition(record.task_id, "failed", error=error, pipe=pipe)
+    pipe.delete(keys.upload(record.task_id))
+    pipe.execute()
+
+
+def finish_search(record: TaskRecord, vector: np.ndarray, embedder: Embedder) -> None:
+    pipe = redis_client().pipeline()
+    pipe.set(
+        keys.query_vector(record.task_id), vector.astype(np.float32).tobytes(), ex=settings.task_ttl
+    )
+    result = {"model_id": embedder.model_id, "dim": int(vector.shape[0])}
+    tasks().transition(record.task_id, "succeeded", result=result, pipe=pipe)
+    pipe.delete(keys.upload(record.task_id))
+    pipe.execute()
+
+
+def finish_index(job: Job, vector: np.ndarray, embedder: Embedder) -> None:
+    """Journal the vector and update the product, atomically, unless a later request won."""
+    record = job.record
+    index_model = claim_index_model(embedder.model_id)
+    if index_model != embedder.model_id:
+        message = (
+            f"the index holds vectors of model {index_model}; this worker computes "
+            f"{embedder.model_id}: vectors of different models are never mixed"
+        )
+        finish_failed(record, failure("model_mismatch", message))
+        return
+    thumbnail = make_thumbnail(job.image, settings.thumbnail_size, settings.max_image_pixels)
+    metadata = record.options.get("metadata", {})
+    digest = hashlib.sha256(job.image).hexdigest()
+    while True:
+        try:
+            publish(record, vector, embedder.model_id, metadata, digest, thumbnail)
+            return
+        except redis.WatchError:
+            continue  # the product changed meanwhile: look again
+
+
+def publish(
+    record: TaskRecord,
+    vector: np.ndarray,
+    model_id: str,
+    metadata: dict[str, Any],
+    digest: str,
+    thumbnail: bytes,
+) -> None:
+    product_id = record.product_id
+    assert product_id is not None
+    with redis_client().pipeline() as pipe:
+        pipe.watch(keys.product(product_id))
+        pending: bytes | None = pipe.hget(keys.product(product_id), "pending_task")  # type: ignore[assignment]
+        if pending is None or pending.decode() != record.task_id:
+            pipe.reset()
+            message = f"product {product_id} was changed or deleted by a later request"
+            finish_failed(record, failure("superseded", message))
+            return
+        pipe.multi()
+        pipe.xadd(keys.JOURNAL, upsert_entry(product_id, vector, model_id, metadata))
+        pipe.hset(keys.product(product_id), mapping=product_fields(metadata, digest, model_id))
+        pipe.set(keys.thumbnail(product_id), thumbnail)
+        result = {"product_id": product_id, "model_id": model_id, "image_sha256": digest}
+        tasks().transition(record.task_id, "succeeded", result=result, pipe=pipe)
+        pipe.delete(keys.upload(record.task_id))
+        pipe.execute()
+
+
+def product_fields(metadata: dict[str, Any], digest: str, model_id: str) -> Fields:
+    return {
+        "metadata": json.dumps(metadata),
+        "indexed": "1",
+        "image_sha256": digest,
+        "model_id": model_id,
+        "pending_task": "",
+        "updated_at": time.time(),
+    }
+
+
+def claim_index_model(model_id: str) -> str:
+    """The index's model id: the first worker to index anything sets it."""
+    client = redis_client()
+    client.set(keys.INDEX_MODEL, model_id, nx=True)
+    current = client.get(keys.INDEX_MODEL)
+    return current.decode() if current else model_id  # type: ignore[union-attr]
