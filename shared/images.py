@@ -40,6 +40,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise NotAnImage("not an image: the data is in no format we can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # the header itself is cut short or bad
+        if "truncated" in str(exc).lower():
+            raise TruncatedImage(f"truncated image: {exc}") from None
+        raise NotAnImage(f"not an image: {exc}") from None
     if image.format not in SUPPORTED_FORMATS:
         raise UnsupportedImageFormat(
             f"unsupported image format {image.format}: use one of "

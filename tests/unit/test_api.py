@@ -1,0 +1,201 @@
+"""The API's views through Flask's test client, against a real redis-server (no workers)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image
+
+from api.app import create_app
+from shared.redis_server import RedisServer
+from shared.settings import Settings
+from tests.support.images import encode, pattern
+
+JPEG = encode(pattern(64, 48, seed=1), "JPEG")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture
+def app(redis_server, tmp_path) -> Iterator[Flask]:
+    redis_server_client = __import__("redis").Redis.from_url(redis_server.url)
+    redis_server_client.flushall()
+    settings = Settings(
+        redis_url=redis_server.url,
+        data_dir=tmp_path,
+        max_image_bytes=50_000,
+        max_image_pixels=1_000_000,
+        search_wait=0.2,
+    )
+    app = create_app(settings)
+    yield app
+    app.extensions["lookalike"].replica.stop()
+
+
+@pytest.fixture
+def client(app) -> FlaskClient:
+    return app.test_client()
+
+
+def post(client: FlaskClient, image: bytes | None = JPEG, **form: str):
+    data: dict[str, object] = dict(form)
+    if image is not None:
+        data["image"] = (io.BytesIO(image), "x.jpg")
+    return client.post("/api/v1/products", data=data, content_type="multipart/form-data")
+
+
+def error_of(response) -> dict[str, str]:
+    return response.get_json()["error"]
+
+
+def test_post_product_is_accepted_and_queued(client):
+    response = post(client, product_id="shirt-1", metadata='{"gender": "Men"}')
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["product_id"] == "shirt-1"
+    assert response.headers["Location"] == body["status_url"] == f"/api/v1/tasks/{body['task_id']}"
+    task = client.get(body["status_url"]).get_json()
+    assert (task["state"], task["kind"], task["product_id"]) == ("queued", "index", "shirt-1")
+    product = client.get("/api/v1/products/shirt-1").get_json()
+    assert product["indexed"] is False
+    assert product["metadata"] == {"gender": "Men"}
+
+
+def test_similar_of_a_product_not_yet_indexed_is_409(client):
+    post(client, product_id="shirt-2")
+    response = client.get("/api/v1/products/shirt-2/similar")
+    assert response.status_code == 409
+    assert error_of(response) == {
+        "code": "not_indexed",
+        "message": "product shirt-2 is not indexed yet",
+    }
+
+
+@pytest.mark.parametrize(
+    ("form", "image", "status", "code", "message"),
+    [
+        ({"product_id": "-bad"}, JPEG, 400, "bad_request",
+         "invalid product_id: use 1-128 characters of A-Z a-z 0-9 . _ : -, "
+         "starting with a letter or digit"),
+        ({"product_id": "x" * 129}, JPEG, 400, "bad_request", None),
+        ({}, JPEG, 400, "bad_request", "missing field product_id"),
+        ({"product_id": "a"}, None, 400, "bad_request", "missing file field image"),
+        ({"product_id": "a", "metadata": "{nope"}, JPEG, 400, "bad_request",
+         "metadata is not valid JSON: Expecting property name enclosed in double quotes: "
+         "line 1 column 2 (char 1)"),
+        ({"product_id": "a", "metadata": '"text"'}, JPEG, 400, "bad_request",
+         "metadata must be a JSON object"),
+        ({"product_id": "a"}, b"GIF89a-broken", 400, "not_an_image", None),
+        ({"product_id": "a"}, b"plain text", 400, "not_an_image",
+         "not an image: the data is in no format we can read"),
+        ({"product_id": "a"}, JPEG[: len(JPEG) // 2], 400, "truncated_image", None),
+        ({"product_id": "a"}, encode(pattern(16, 16), "ICO"), 415, "unsupported_image_format",
+         None),
+        ({"product_id": "a"}, encode(pattern(20, 20), "PNG")[:20], 400, "truncated_image",
+         "truncated image: Truncated File Read"),
+        ({"product_id": "a"}, b"\xff" * 60_000, 413, "image_too_large",
+         "image file is larger than 50000 bytes"),
+    ],
+)  # fmt: skip
+def test_bad_posts_are_4xx_json_and_change_nothing(client, app, form, image, status, code, message):
+    response = post(client, image=image, **form)
+    assert response.status_code == status, response.get_json()
+    if code is not None:
+        assert error_of(response)["code"] == code
+    if message is not None:
+        assert error_of(response)["message"] == message
+    assert app.extensions["lookalike"].products.count() == 0
+
+
+def test_image_with_too_many_pixels_is_413(client):
+    big = encode(Image.new("RGB", (1200, 1000), "navy"), "PNG")
+    response = post(client, image=big, product_id="big")
+    assert response.status_code == 413
+    assert error_of(response) == {
+        "code": "image_too_large",
+        "message": "image too large: 1200x1000 is 1200000 pixels, the limit is 1000000",
+    }
+
+
+def test_metadata_over_the_size_limit_is_400(client):
+    response = post(client, product_id="a", metadata=json.dumps({"x": "y" * 20000}))
+    assert response.status_code == 400
+    assert error_of(response)["message"] == "metadata is larger than 16384 bytes"
+
+
+def test_unknown_product_task_and_route_are_404_json(client):
+    assert error_of(client.get("/api/v1/products/none")) == {
+        "code": "not_found",
+        "message": "unknown product none",
+    }
+    assert client.delete("/api/v1/products/none").status_code == 404
+    assert client.get("/api/v1/products/none/image").status_code == 404
+    assert client.get("/api/v1/tasks/abc").status_code == 404
+    response = client.get("/no/such/page")
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
+
+
+def test_search_without_workers_answers_202_with_a_task(client):
+    response = client.post(
+        "/api/v1/search",
+        data={"image": (io.BytesIO(JPEG), "q.jpg"), "k": "3"},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202
+    task = client.get(response.get_json()["status_url"]).get_json()
+    assert (task["kind"], task["state"]) == ("search", "queued")
+
+
+def test_search_k_out_of_range_is_400(client):
+    response = client.post(
+        "/api/v1/search",
+        data={"image": (io.BytesIO(JPEG), "q.jpg"), "k": "101"},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400
+    assert error_of(response)["message"] == "k must be an integer from 1 to 100, got 101"
+
+
+def test_readyz_without_embed_workers_is_503(client):
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["embed_workers"] == "no embed worker answered"
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_metrics_count_requests_tasks_and_queue_depth(client):
+    post(client, product_id="m1")
+    post(client, product_id="m2")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'lookalike_tasks_total{state="queued"} 2.0' in text
+    assert "lookalike_queue_depth 2.0" in text
+    assert "lookalike_index_items 0.0" in text
+    posts = 'lookalike_http_requests_total{endpoint="/api/v1/products",method="POST",status="202"}'
+    assert f"{posts} 2.0" in text
+
+
+def test_openapi_documents_exactly_the_routes_of_the_app(app, client):
+    document = client.get("/api/v1/openapi.json").get_json()
+    assert document["openapi"] == "3.1.0"
+    routes = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        routes.setdefault(path, set()).update(rule.methods - {"HEAD", "OPTIONS"})
+    documented = {
+        path: {method.upper() for method in item if method != "parameters"}
+        for path, item in document["paths"].items()
+    }
+    assert documented == routes
