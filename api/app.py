@@ -7,6 +7,7 @@ import logging
 from flask import Flask, jsonify
 
 from api.errors import register_error_handlers
+from api.gallery import gallery
 from api.health import health
 from api.metrics import install_metrics
 from api.openapi import openapi_document
@@ -31,5 +32,6 @@ def create_app(settings: Settings | None = None, start_replica: bool = True) -> 
     register_error_handlers(app)
     app.register_blueprint(v1)
     app.register_blueprint(health)
+    app.register_blueprint(gallery)
     app.add_url_rule("/api/v1/openapi.json", "openapi", lambda: jsonify(openapi_document()))
     return app

@@ -17,6 +17,11 @@ class BadRequest(LookalikeError):
     http_status = 400
 
 
+class Unauthorized(LookalikeError):
+    code = "unauthorized"
+    http_status = 401
+
+
 class NotFound(LookalikeError):
     code = "not_found"
     http_status = 404

@@ -46,8 +46,19 @@ PATHS: dict[str, Any] = {
                 },
                 ["image", "product_id"],
             ),
-            "responses": {"202": json_body(ref("Accepted"), "queued"), **errors(400, 413, 415)},
-        }
+            "responses": {
+                "202": json_body(ref("Accepted"), "queued"),
+                **errors(400, 401, 413, 415),
+            },
+        },
+        "get": {
+            "summary": "A page of products; pass next_cursor back until it is null",
+            "parameters": [
+                {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 5000}},
+            ],
+            "responses": {"200": json_body(ref("ProductPage"), "products"), **errors(400)},
+        },
     },
     "/api/v1/products/{product_id}": {
         "parameters": [PRODUCT_ID],
@@ -57,7 +68,7 @@ PATHS: dict[str, Any] = {
         },
         "delete": {
             "summary": "Remove a product from the index and from results",
-            "responses": {"204": {"description": "deleted"}, **errors(404)},
+            "responses": {"204": {"description": "deleted"}, **errors(401, 404)},
         },
     },
     "/api/v1/products/{product_id}/similar": {
@@ -153,6 +164,15 @@ SCHEMAS: dict[str, Any] = {
             "similar_url": {"type": "string"},
         },
         "required": ["product_id", "metadata", "indexed"],
+    },
+    "ProductPage": {
+        "type": "object",
+        "properties": {
+            "products": {"type": "array", "items": {"$ref": "#/components/schemas/Product"}},
+            "next_cursor": {"type": ["integer", "null"]},
+            "total": {"type": "integer"},
+        },
+        "required": ["products", "next_cursor", "total"],
     },
     "Results": {
         "type": "object",

@@ -65,6 +65,24 @@ def k(raw: str | None, default: int = 5) -> int:
     return value
 
 
+def cursor(raw: str | None) -> int:
+    try:
+        value = int(raw or 0)
+    except ValueError:
+        raise BadRequest(f"cursor must be a cursor from next_cursor, got {raw!r}") from None
+    if value < 0:
+        raise BadRequest(f"cursor must be a cursor from next_cursor, got {raw!r}")
+    return value
+
+
+def limit(raw: str | None, default: int = 500, most: int = 5000) -> int:
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise BadRequest(f"limit must be an integer from 1 to {most}, got {raw!r}")
+    return int(raw)
+
+
 def filters(args: Any, reserved: tuple[str, ...] = ("k",)) -> dict[str, str]:
     """Exact-match metadata filters: every query parameter that is not one of ours."""
     return {key: value for key, value in args.items() if key not in reserved}

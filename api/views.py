@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from api import validation
+from api.errors import Unauthorized
 from api.services import Services
 
 v1 = Blueprint("v1", __name__, url_prefix="/api/v1")
@@ -14,6 +16,16 @@ v1 = Blueprint("v1", __name__, url_prefix="/api/v1")
 
 def services() -> Services:
     return current_app.extensions["lookalike"]
+
+
+@v1.before_request
+def require_api_key() -> None:
+    """Changes (POST, DELETE) need the API key when one is configured; reads are open."""
+    expected = services().settings.api_key
+    if expected and request.method in ("POST", "DELETE"):
+        given = request.headers.get("X-API-Key", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Unauthorized("missing or wrong API key: send it in the X-API-Key header")
 
 
 def accepted(task_id: str, **extra: Any) -> tuple[Response, int, dict[str, str]]:
@@ -30,6 +42,18 @@ def post_product() -> Any:
     image = validation.image(request.files.get("image"), settings)
     task_id = services().accept_product(product_id, image, metadata)
     return accepted(task_id, product_id=product_id)
+
+
+@v1.get("/products")
+def list_products() -> Any:
+    cursor = validation.cursor(request.args.get("cursor"))
+    limit = validation.limit(request.args.get("limit"))
+    products, next_cursor = services().products.page(cursor, limit)
+    return jsonify(
+        products=products,
+        next_cursor=next_cursor or None,
+        total=services().products.count(),
+    )
 
 
 @v1.get("/products/<product_id>")

@@ -119,6 +119,13 @@ class Catalog:
             sets = [self._by_field.get((key, value), set()) for key, value in filters.items()]
             return set.intersection(*sets)
 
+    def field_values(self, key: str) -> list[str]:
+        """The distinct values of a metadata field among indexed products (for filter menus)."""
+        with self._lock:
+            return sorted(
+                value for (name, value), ids in self._by_field.items() if name == key and ids
+            )
+
     def similar(self, product_id: str, k: int, filters: Mapping[str, str]) -> list[Hit]:
         """The k nearest other products to an indexed one (KeyError when it is not indexed)."""
         if self.index is None or product_id not in self.index:

@@ -7,7 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from shared.client import ApiClient
 from shared.errors import LookalikeError
 from shared.settings import get_settings
 
@@ -57,6 +59,74 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_stack(get_settings(), args.host, args.port)
 
 
+def api_client(args: argparse.Namespace) -> ApiClient:
+    settings = get_settings()
+    return ApiClient(args.api_url or settings.api_url, settings.api_key)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Upload a catalog in the Fashion Product Images layout; resumable."""
+    from shared.importer import CatalogImporter
+
+    if not (args.dataset / "styles.csv").is_file():
+        print(f"error: {args.dataset / 'styles.csv'} not found", file=sys.stderr)
+        return 2
+    importer = CatalogImporter(api_client(args), args.concurrency, args.force)
+    report = importer.run(args.dataset, progress=not args.quiet)
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
+def print_results(results: list[dict[str, Any]]) -> None:
+    """A table: id, score, name, category."""
+    print(f"{'id':<14}{'score':>8}  {'name':<44}category")
+    for hit in results:
+        meta = hit.get("metadata", {})
+        name = str(meta.get("productDisplayName", ""))[:42]
+        category = meta.get("articleType") or meta.get("subCategory") or ""
+        print(f"{hit['product_id']:<14}{hit['score']:>8.4f}  {name:<44}{category}")
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    filters = dict(item.split("=", 1) for item in args.filter)
+    body = api_client(args).get(f"/api/v1/products/{args.product_id}/similar", k=args.k, **filters)
+    print_results(body["results"])
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if not args.image.is_file():
+        print(f"error: no such file: {args.image}", file=sys.stderr)
+        return 2
+    print_results(api_client(args).search(args.image, args.k)["results"])
+    return 0
+
+
+def cmd_demo_catalog(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from shared.demo_catalog import write_demo_catalog
+
+    with tqdm(total=args.n, unit="img", disable=args.quiet) as bar:
+        written = write_demo_catalog(args.directory, args.n, args.seed, progress=bar.update)
+    print(f"wrote {written} items to {args.directory} (styles.csv, images/)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from shared.evaluate import evaluate
+
+    report = evaluate(api_client(args), args.k, args.by, args.concurrency, not args.quiet)
+    print(report.table())
+    return 0
+
+
+def key_value(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookalike", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -72,6 +142,43 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     up.set_defaults(handler=cmd_up)
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--api-url", help="the API (default LOOKALIKE_API_URL)")
+    client.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    imp = commands.add_parser("import", parents=[client], help="import a catalog directory")
+    imp.add_argument("dataset", type=Path, metavar="DATASET_DIR")
+    imp.add_argument("--concurrency", type=int, default=8, help="uploads in flight (default 8)")
+    imp.add_argument("--force", action="store_true", help="re-import items already indexed")
+    imp.set_defaults(handler=cmd_import)
+
+    sim = commands.add_parser("similar", parents=[client], help="similar items of a product")
+    sim.add_argument("product_id")
+    sim.add_argument("-k", type=int, default=5)
+    sim.add_argument(
+        "--filter", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+        help="exact-match metadata filter (repeatable)",
+    )  # fmt: skip
+    sim.set_defaults(handler=cmd_similar)
+
+    search = commands.add_parser("search", parents=[client], help="items similar to an image")
+    search.add_argument("image", type=Path, metavar="IMAGE")
+    search.add_argument("-k", type=int, default=5)
+    search.set_defaults(handler=cmd_search)
+
+    demo = commands.add_parser("demo-catalog", help="write a synthetic catalog")
+    demo.add_argument("directory", type=Path, metavar="DIR")
+    demo.add_argument("--n", type=int, default=300, help="items (default 300)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(handler=cmd_demo_catalog)
+
+    ev = commands.add_parser("evaluate", parents=[client], help="precision@k by label")
+    ev.add_argument("--by", default="articleType", help="label to break down by")
+    ev.add_argument("-k", type=int, default=5)
+    ev.add_argument("--concurrency", type=int, default=8)
+    ev.set_defaults(handler=cmd_evaluate)
     return parser
 
 

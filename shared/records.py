@@ -99,9 +99,11 @@ class ProductStore:
 
     def get(self, product_id: str) -> dict[str, Any] | None:
         raw = self.client.hgetall(keys.product(product_id))
-        if not raw:
-            return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}  # type: ignore[union-attr]
+        return self._record(product_id, raw) if raw else None
+
+    @staticmethod
+    def _record(product_id: str, raw: Any) -> dict[str, Any]:
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
         return {
             "product_id": product_id,
             "metadata": json.loads(fields.get("metadata", "{}")),
@@ -111,6 +113,21 @@ class ProductStore:
             "pending_task": fields.get("pending_task") or None,
             "updated_at": float(fields.get("updated_at", "0")),
         }
+
+    def page(self, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Up to about limit products from a SSCAN cursor, and the next cursor (0: done)."""
+        reply: Any = self.client.sscan(keys.PRODUCTS, cursor, count=limit)
+        next_cursor, raw_ids = reply
+        ids = sorted(raw.decode() for raw in raw_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for product_id in ids:
+            pipe.hgetall(keys.product(product_id))
+        records = [
+            self._record(product_id, raw)
+            for product_id, raw in zip(ids, pipe.execute(), strict=True)
+            if raw
+        ]
+        return records, int(next_cursor)
 
     def count(self) -> int:
         return int(self.client.scard(keys.PRODUCTS))

@@ -20,6 +20,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(Path("data"), description="Where snapshots and embedded Redis live.")
+    api_url: str = Field(
+        "http://127.0.0.1:8000", description="The API the CLI's client commands talk to."
+    )
+    api_key: str | None = Field(
+        None, description="When set, POST and DELETE on /api/v1 need it in X-API-Key."
+    )
     redis_url: str | None = Field(
         None, description="Redis for broker, results and data; unset: `up` starts its own."
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import redis
+from celery.signals import worker_init
 from celery_batches import Batches, SimpleRequest
 
 from shared import keys
@@ -41,6 +42,12 @@ def redis_client() -> redis.Redis:
 
 def tasks() -> TaskStore:
     return TaskStore(redis_client(), settings.task_ttl)
+
+
+@worker_init.connect
+def load_model(**_: Any) -> None:
+    """Build the model before consuming, so a worker that answers pings can embed at once."""
+    get_embedder(settings)
 
 
 @celery_app.task(

@@ -190,8 +190,8 @@ def test_openapi_documents_exactly_the_routes_of_the_app(app, client):
     assert document["openapi"] == "3.1.0"
     routes = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
+        if rule.endpoint == "static" or rule.endpoint.startswith("gallery."):
+            continue  # HTML pages, not the API
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         routes.setdefault(path, set()).update(rule.methods - {"HEAD", "OPTIONS"})
     documented = {
@@ -199,3 +199,42 @@ def test_openapi_documents_exactly_the_routes_of_the_app(app, client):
         for path, item in document["paths"].items()
     }
     assert documented == routes
+
+
+def test_products_are_listed_page_by_page(client):
+    for n in range(7):
+        post(client, product_id=f"l{n}")
+    seen, cursor = [], 0
+    while True:
+        page = client.get(f"/api/v1/products?limit=3&cursor={cursor}").get_json()
+        assert page["total"] == 7
+        seen += [product["product_id"] for product in page["products"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert sorted(seen) == [f"l{n}" for n in range(7)]
+
+
+def test_bad_listing_limit_is_400(client):
+    response = client.get("/api/v1/products?limit=0")
+    assert response.status_code == 400
+    assert error_of(response)["message"] == "limit must be an integer from 1 to 5000, got '0'"
+
+
+def test_api_key_is_required_for_changes_when_set(redis_server, tmp_path):
+    settings = Settings(redis_url=redis_server.url, data_dir=tmp_path, api_key="s3cret")
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        response = post(client, product_id="locked")
+        assert response.status_code == 401
+        assert error_of(response) == {
+            "code": "unauthorized",
+            "message": "missing or wrong API key: send it in the X-API-Key header",
+        }
+        assert client.get("/api/v1/products/locked").status_code == 404
+        data = {"product_id": "locked", "image": (io.BytesIO(JPEG), "x.jpg")}
+        accepted = client.post("/api/v1/products", data=data, headers={"X-API-Key": "s3cret"})
+        assert accepted.status_code == 202
+    finally:
+        app.extensions["lookalike"].replica.stop()

@@ -1,0 +1,94 @@
+"""The gallery page: search by id, by upload or at random, and browse neighbours as pictures."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
+
+from api import validation
+from api.services import Services
+from shared.errors import LookalikeError
+from shared.images import make_thumbnail
+
+gallery = Blueprint("gallery", __name__)
+FILTERS = ("gender", "masterCategory", "articleType")
+K_CHOICES = (5, 10, 20)
+
+
+def services() -> Services:
+    return current_app.extensions["lookalike"]
+
+
+def page(status: int = 200, **context: Any) -> tuple[str, int]:
+    catalog = services().replica.catalog
+    choices = {key: catalog.field_values(key) for key in FILTERS}
+    filters = {key: request.values.get(key, "") for key in FILTERS}
+    defaults = {"product_id": "", "query": None, "results": None, "error": None, "pending": None}
+    context = {**defaults, **context}
+    return render_template(
+        "gallery.html",
+        choices=choices,
+        filters=filters,
+        k=context.pop("k", 5),
+        k_choices=K_CHOICES,
+        count=len(catalog),
+        **context,
+    ), status
+
+
+def chosen_filters() -> dict[str, str]:
+    return {key: request.values[key] for key in FILTERS if request.values.get(key)}
+
+
+@gallery.get("/")
+def index() -> Any:
+    product_id = request.args.get("product_id", "").strip()
+    if not product_id:
+        return page()
+    try:
+        k = validation.k(request.args.get("k"))
+        product = services().product(product_id)
+        results = services().similar(product_id, k, chosen_filters())
+    except LookalikeError as exc:
+        return page(exc.http_status, product_id=product_id, error=exc.message)
+    query = {
+        "image_url": url_for("v1.get_image", product_id=product_id),
+        "product_id": product_id,
+        "metadata": product["metadata"],
+    }
+    return page(product_id=product_id, k=k, query=query, results=results)
+
+
+@gallery.get("/random")
+def random_product() -> Any:
+    product_id = services().products.random_id()
+    if product_id is None:
+        return page(404, error="the catalog is empty: import some products first")
+    values: dict[str, Any] = {"product_id": product_id, **chosen_filters()}
+    return redirect(url_for("gallery.index", **values))
+
+
+@gallery.post("/")
+def search_upload() -> Any:
+    settings = services().settings
+    try:
+        k = validation.k(request.form.get("k"))
+        image = validation.image(request.files.get("image"), settings)
+        record = services().start_search(image, k, chosen_filters())
+        record = services().wait_for(record.task_id, settings.search_wait)
+        if record.state != "succeeded":
+            message = (record.error or {}).get("message", "still embedding the image")
+            return page(202 if record.state != "failed" else 422, error=message, k=k,
+                        pending=record.task_id)  # fmt: skip
+        results = services().search_results(record)
+    except LookalikeError as exc:
+        return page(exc.http_status, error=exc.message)
+    thumbnail = make_thumbnail(image, 256, settings.max_image_pixels)
+    query = {
+        "image_url": "data:image/jpeg;base64," + base64.b64encode(thumbnail).decode(),
+        "product_id": None,
+        "metadata": {"productDisplayName": request.files["image"].filename or "your image"},
+    }
+    return page(k=k, query=query, results=results)
