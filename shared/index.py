@@ -289,9 +289,11 @@ class VectorIndex:
     def _hits(self, labels: npt.NDArray[Any], distances: Vectors, k: int, skip: set[int]) -> Hits:
         hits: Hits = []
         for label, distance in zip(labels.tolist(), distances.tolist(), strict=True):
-            if label in skip:
+            id_ = self._ids.get(label)
+            # None: a label an add that failed part-way left in the graph but not in our map.
+            if id_ is None or label in skip:
                 continue
-            hits.append((self._ids[label], 1.0 - distance))
+            hits.append((id_, 1.0 - distance))
             if len(hits) == k:
                 break
         return hits

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # The HNSW index.
     hnsw_m: int = Field(16, ge=2, le=128, description="HNSW graph degree M.")
     hnsw_ef_construction: int = Field(200, ge=8, description="HNSW build beam width.")
-    hnsw_ef_search: int = Field(64, ge=1, description="HNSW query beam width (at least k).")
+    hnsw_ef_search: int = Field(128, ge=1, description="HNSW query beam width (at least k).")
 
     # The pipeline.
     batch_wait: float = Field(
