@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 APT_PACKAGES ?=
 
-.PHONY: install run test check bench clean
+.PHONY: install browser run test check bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/lookalike up
+	$(BIN)/lookalike up --demo 300
 
-test: install
+# The gallery's browser test drives Debian's chromium (playwright uses it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "chromium not found and not root: the browser test will be skipped"; fi; }
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 check: install
@@ -29,6 +36,7 @@ check: install
 bench: install
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/index.py
+	$(BIN)/python bench/importer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

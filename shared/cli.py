@@ -56,7 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Run the whole stack: Redis (unless LOOKALIKE_REDIS_URL), embed worker, writer, API."""
     from shared.stack import run_stack
 
-    return run_stack(get_settings(), args.host, args.port)
+    return run_stack(get_settings(), args.host, args.port, demo=args.demo)
 
 
 def api_client(args: argparse.Namespace) -> ApiClient:
@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run Redis, an embed worker, the writer and the API")
     up.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    up.add_argument(
+        "--demo", type=int, default=0, metavar="N",
+        help="once ready, write and import a demo catalog of N items (done once per data dir)",
+    )  # fmt: skip
     up.set_defaults(handler=cmd_up)
 
     client = argparse.ArgumentParser(add_help=False)

@@ -32,10 +32,12 @@ class ImportReport:
 
     def summary(self) -> str:
         lines = [
-            f"imported {self.imported}, skipped {self.skipped} (already indexed, same image), "
-            f"failed {len(self.failed)}, without image file {len(self.missing_images)}",
+            f"imported {self.imported}, skipped {self.skipped}, failed {len(self.failed)}, "
+            f"without image file {len(self.missing_images)}",
             f"elapsed {self.elapsed:.1f}s, {self.rate:.1f} images/s",
         ]
+        if self.skipped:
+            lines.append(f"skipped {self.skipped}: already indexed with the same image (--force)")
         if self.missing_images:
             lines.append("rows without an image file: " + ", ".join(self.missing_images))
         for product_id, reason in sorted(self.failed.items()):
@@ -50,11 +52,23 @@ class CatalogImporter:
         self.force = force
 
     def run(self, dataset: Path, progress: bool = True) -> ImportReport:
+        """Upload every row, then follow the tasks to completion."""
         started = time.monotonic()
         report = ImportReport()
+        pending = self._upload_phase(dataset, report, progress)
+        self._follow(pending, report, progress)
+        report.elapsed = time.monotonic() - started
+        return report
+
+    def upload_only(self, dataset: Path) -> int:
+        """Upload without following the tasks; the number queued (for benchmarks)."""
+        return len(self._upload_phase(dataset, ImportReport(), progress=False))
+
+    def _upload_phase(self, dataset: Path, report: ImportReport, progress: bool) -> dict[str, str]:
+        """Upload rows (skipping unchanged ones); task id -> product id, in order."""
         indexed = {} if self.force else self._indexed_digests()
         styles = dataset / "styles.csv"
-        pending: dict[str, str] = {}  # task id -> product id, in submission order
+        pending: dict[str, str] = {}
         with tqdm(total=count_rows(styles), unit="img", desc="upload", disable=not progress) as bar:
             for row, outcome in self._upload_all(read_styles(styles), dataset, indexed):
                 bar.update(1)
@@ -66,9 +80,7 @@ class CatalogImporter:
                     pending[outcome[5:]] = row.product_id
                 else:
                     report.failed[row.product_id] = outcome
-        self._follow(pending, report, progress)
-        report.elapsed = time.monotonic() - started
-        return report
+        return pending
 
     def _indexed_digests(self) -> dict[str, str]:
         return {

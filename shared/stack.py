@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+from shared.errors import LookalikeError
 from shared.redis_server import RedisServer, free_port, port_is_free
 from shared.settings import Settings
 from shared.supervisor import OWN_LABEL, ProcessSpec, Supervisor
@@ -50,8 +54,12 @@ def stack_specs(settings: Settings, redis_url: str, host: str, port: int) -> lis
     ]
 
 
-def run_stack(settings: Settings, host: str, port: int) -> int:
-    """Run the whole stack until SIGINT/SIGTERM or a process fails; the exit code."""
+def run_stack(settings: Settings, host: str, port: int, demo: int = 0) -> int:
+    """Run the whole stack until SIGINT/SIGTERM or a process fails; the exit code.
+
+    With demo > 0, once the stack is ready a demo catalog of that many items is written (once)
+    into the data directory and imported, and the gallery's address is printed.
+    """
     server: RedisServer | None = None
     if settings.redis_url is None:
         server = start_embedded_redis(settings)
@@ -62,9 +70,15 @@ def run_stack(settings: Settings, host: str, port: int) -> int:
     try:
         supervisor = Supervisor(stack_specs(settings, redis_url, host, port))
 
+        url = f"http://{_address(_reachable(host), port)}"
+
         def announce() -> None:
-            supervisor.log(OWN_LABEL, f"API on http://{_address(host, port)}/, Redis {redis_note}")
+            supervisor.log(OWN_LABEL, f"API on {url}/, Redis {redis_note}")
             supervisor.log(OWN_LABEL, "Ctrl-C stops everything")
+            if demo > 0:
+                threading.Thread(
+                    target=import_demo, args=(settings, url, demo, supervisor), daemon=True
+                ).start()
 
         return supervisor.run(on_started=announce)
     finally:
@@ -72,6 +86,46 @@ def run_stack(settings: Settings, host: str, port: int) -> int:
             # After the children, so nothing writes any more; SHUTDOWN fsyncs the append-only file.
             server.stop()
             print(f"{OWN_LABEL} | redis stopped", flush=True)
+
+
+def import_demo(settings: Settings, url: str, n: int, supervisor: Supervisor) -> None:
+    """Write the demo catalog once, import it through the API, then point at the gallery."""
+    from shared.client import ApiClient
+    from shared.demo_catalog import write_demo_catalog
+    from shared.importer import CatalogImporter
+
+    def say(line: str) -> None:
+        supervisor.log("demo", line)
+
+    client = ApiClient(url, settings.api_key)
+    deadline = time.monotonic() + 600
+    while not _ready(client):
+        if time.monotonic() > deadline:
+            say("the stack did not get ready in 10 minutes; no demo import")
+            return
+        time.sleep(1)
+    directory = settings.data_dir / "demo-catalog"
+    if not (directory / "styles.csv").exists():
+        say(f"writing a demo catalog of {n} items to {directory}")
+        write_demo_catalog(directory, n)
+    say("importing it (items already indexed are skipped)")
+    report = CatalogImporter(client).run(directory, progress=False)
+    for line in report.summary().splitlines():
+        say(line)
+    say(f"gallery: {url}/")
+
+
+def _ready(client: Any) -> bool:
+    try:
+        client.request("GET", "/readyz")
+    except LookalikeError:
+        return False
+    return True
+
+
+def _reachable(host: str) -> str:
+    """An address a local client can use for the bind address host."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 def _address(host: str, port: int) -> str:

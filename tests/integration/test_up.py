@@ -16,7 +16,9 @@ from tests.support.stack import free_port, wait_until
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
 
 
-def start_up(data_dir: Path, weights: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_up(
+    data_dir: Path, weights: Path, port: int, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("LOOKALIKE_")}
     env.update(
         LOOKALIKE_DATA_DIR=str(data_dir),
@@ -25,7 +27,7 @@ def start_up(data_dir: Path, weights: Path, port: int, log: Path) -> subprocess.
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     return subprocess.Popen(
-        [LOOKALIKE, "up", "--port", str(port)],
+        [LOOKALIKE, "up", "--port", str(port), *extra],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -42,9 +44,12 @@ def ready(url: str) -> bool:
 def test_up_runs_the_stack_and_a_restart_finds_everything(tmp_path, weights_file):
     port, log = free_port(), tmp_path / "up.log"
     url = f"http://127.0.0.1:{port}"
-    process = start_up(tmp_path / "data", weights_file, port, log)
+    process = start_up(tmp_path / "data", weights_file, port, log, "--demo", "12")
     try:
         wait_until(lambda: ready(url), 180, "lookalike up did not get ready")
+        wait_until(lambda: f"gallery: {url}/" in log.read_text(), 120, "no demo import")
+        listing = requests.get(f"{url}/api/v1/products", timeout=5).json()
+        assert listing["total"] == len(list((tmp_path / "data/demo-catalog/images").iterdir()))
         for n in range(3):
             task = post_product(url, f"u{n}", product_image(n), {"n": n}).json()["task_id"]
             assert wait_task(url, task)["state"] == "succeeded"

@@ -1,0 +1,190 @@
+"""Catalog import, the CLI client commands, evaluation and the gallery, on a real stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from shared.demo_catalog import write_demo_catalog
+from shared.styles import read_styles
+from tests.support.stack import Stack, wait_until
+
+LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
+N_ITEMS = 48
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("catalog")
+    write_demo_catalog(directory, N_ITEMS, seed=3)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> str:
+    return stack.api_urls[0]
+
+
+def lookalike(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LOOKALIKE, *args], capture_output=True, text=True, timeout=600, check=False, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def imported(api, dataset) -> subprocess.CompletedProcess[str]:
+    return lookalike("import", str(dataset), "--api-url", api, "-q")
+
+
+def rows_with_images(dataset: Path) -> list[str]:
+    return [
+        row.product_id
+        for row in read_styles(dataset / "styles.csv")
+        if (dataset / "images" / f"{row.product_id}.jpg").exists()
+    ]
+
+
+def test_import_uploads_every_row_with_an_image(imported, dataset, api):
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    with_images = rows_with_images(dataset)
+    missing = N_ITEMS - len(with_images)
+    assert f"imported {len(with_images)}, skipped 0, failed 0, without image file {missing}" in (
+        imported.stdout
+    )
+    total = requests.get(f"{api}/api/v1/products?limit=1", timeout=10).json()["total"]
+    assert total == len(with_images)
+
+
+def test_import_keeps_full_names_and_empty_fields(imported, dataset, api):
+    rows = {row.product_id: row for row in read_styles(dataset / "styles.csv")}
+    with_comma = next(pid for pid, row in rows.items() if "," in row.metadata["productDisplayName"]
+                      and (dataset / "images" / f"{pid}.jpg").exists())  # fmt: skip
+    product = requests.get(f"{api}/api/v1/products/{with_comma}", timeout=10).json()
+    assert product["metadata"] == rows[with_comma].metadata
+    assert all(value == value for value in product["metadata"].values())  # no NaN
+
+
+def test_second_import_skips_what_is_indexed(imported, dataset, api):
+    again = lookalike("import", str(dataset), "--api-url", api, "-q")
+    assert again.returncode == 0
+    assert f"imported 0, skipped {len(rows_with_images(dataset))}, failed 0" in again.stdout
+
+
+def test_import_lists_rows_without_image_and_fails_on_bad_images(imported, tmp_path, api, dataset):
+    (tmp_path / "images").mkdir()
+    header = (dataset / "styles.csv").read_text().splitlines()[0]
+    (tmp_path / "styles.csv").write_text(
+        header + "\n1,Men,Apparel,Topwear,Shirts,Red,Summer,2012,Casual,Red shirt\n"
+        "2,Men,Apparel,Topwear,Shirts,Red,Summer,2012,Casual,No picture\n"
+    )
+    (tmp_path / "images" / "1.jpg").write_bytes(b"not a jpeg at all")
+    result = lookalike("import", str(tmp_path), "--api-url", api, "-q")
+    assert result.returncode == 1
+    assert "rows without an image file: 2" in result.stdout
+    assert "failed 1: not_an_image: not an image: the data is in no format we can read" in (
+        result.stdout
+    )
+
+
+def test_similar_command_prints_a_table(imported, dataset, api):
+    product_id = rows_with_images(dataset)[0]
+    wait_until(
+        lambda: requests.get(f"{api}/api/v1/products/{product_id}/similar", timeout=5).ok, 5, "x"
+    )
+    result = lookalike("similar", product_id, "-k", "3", "--api-url", api)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["id", "score", "name", "category"]
+    assert len(lines) == 4
+
+
+def test_search_command_finds_the_same_image_first(imported, dataset, api):
+    product_id = rows_with_images(dataset)[5]
+    image = dataset / "images" / f"{product_id}.jpg"
+    result = lookalike("search", str(image), "-k", "2", "--api-url", api)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].split()[0] == product_id
+
+
+def test_evaluate_reports_precision_by_label(imported, api):
+    result = lookalike("evaluate", "--by", "articleType", "-k", "3", "--api-url", api, "-q")
+    assert result.returncode == 0, result.stderr
+    assert "precision@3 over" in result.stdout
+    for label in ("articleType", "subCategory", "masterCategory", "baseColour"):
+        assert any(line.startswith(label) for line in result.stdout.splitlines())
+
+
+def test_gallery_shows_neighbours_as_pictures(imported, dataset, api):
+    product_id = rows_with_images(dataset)[2]
+    page = requests.get(f"{api}/", params={"product_id": product_id, "k": 5}, timeout=10)
+    assert page.status_code == 200
+    assert page.text.count('class="card"') == 5
+    assert f"/api/v1/products/{product_id}/image" in page.text
+    unknown = requests.get(f"{api}/", params={"product_id": "nope"}, timeout=10)
+    assert unknown.status_code == 404
+    assert "unknown product nope" in unknown.text
+
+
+def test_gallery_random_redirects_to_a_product(imported, api):
+    response = requests.get(f"{api}/random", allow_redirects=False, timeout=10)
+    assert response.status_code == 302
+    assert "/?product_id=" in response.headers["Location"]
+
+
+def test_gallery_upload_search(imported, dataset, api):
+    product_id = rows_with_images(dataset)[7]
+    data = (dataset / "images" / f"{product_id}.jpg").read_bytes()
+    page = requests.post(
+        f"{api}/", files={"image": ("q.jpg", data, "image/jpeg")}, data={"k": 5}, timeout=60
+    )
+    assert page.status_code == 200
+    assert 'src="data:image/jpeg;base64,' in page.text
+    assert f'href="/?product_id={product_id}&amp;k=5"' in page.text
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+def test_gallery_in_a_real_browser(imported, dataset, api, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    product_id = rows_with_images(dataset)[3]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            page.goto(f"{api}/")
+            page.fill("input[name=product_id]", product_id)
+            page.click("#by-id button[type=submit]")
+            page.wait_for_selector("#results .card")
+            page.wait_for_load_state("networkidle")
+            cards = page.locator("#results .card")
+            assert cards.count() == 5
+            loaded = page.eval_on_selector_all(
+                "img", "images => images.map(i => i.complete && i.naturalWidth > 0)"
+            )
+            assert loaded and all(loaded)
+            scores = [float(text) for text in page.locator(".score").all_inner_texts()]
+            assert scores == sorted(scores, reverse=True)
+            first_neighbour = cards.first.get_attribute("href")
+            cards.first.click()
+            page.wait_for_selector("#results .card")
+            assert page.url.endswith(first_neighbour.replace("&amp;", "&"))
+            page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "gallery.png").stat().st_size > 10_000
