@@ -146,23 +146,20 @@ def test_unknown_product_task_and_route_are_404_json(client):
     assert error_of(response)["code"] == "not_found"
 
 
+def search(client: FlaskClient, k: str):
+    data = {"image": (io.BytesIO(JPEG), "q.jpg"), "k": k}
+    return client.post("/api/v1/search", data=data, content_type="multipart/form-data")
+
+
 def test_search_without_workers_answers_202_with_a_task(client):
-    response = client.post(
-        "/api/v1/search",
-        data={"image": (io.BytesIO(JPEG), "q.jpg"), "k": "3"},
-        content_type="multipart/form-data",
-    )
+    response = search(client, "3")
     assert response.status_code == 202
     task = client.get(response.get_json()["status_url"]).get_json()
     assert (task["kind"], task["state"]) == ("search", "queued")
 
 
 def test_search_k_out_of_range_is_400(client):
-    response = client.post(
-        "/api/v1/search",
-        data={"image": (io.BytesIO(JPEG), "q.jpg"), "k": "101"},
-        content_type="multipart/form-data",
-    )
+    response = search(client, "101")
     assert response.status_code == 400
     assert error_of(response)["message"] == "k must be an integer from 1 to 100, got 101"
 
