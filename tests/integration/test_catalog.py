@@ -74,6 +74,12 @@ def test_second_import_skips_what_is_indexed(imported, dataset, api):
     assert f"imported 0, skipped {len(rows_with_images(dataset))}, failed 0" in again.stdout
 
 
+def test_import_force_uploads_everything_again(imported, dataset, api):
+    forced = lookalike("import", str(dataset), "--api-url", api, "-q", "--force")
+    assert forced.returncode == 0
+    assert f"imported {len(rows_with_images(dataset))}, skipped 0, failed 0" in forced.stdout
+
+
 def test_import_lists_rows_without_image_and_fails_on_bad_images(imported, tmp_path, api, dataset):
     (tmp_path / "images").mkdir()
     header = (dataset / "styles.csv").read_text().splitlines()[0]
