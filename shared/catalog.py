@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import SnapshotError
-from shared.index import VectorIndex
+from shared.index import VectorIndex, unusable_reason
 from shared.journal import START, JournalEntry
 from shared.model_id import EMBEDDING_DIM
 from shared.settings import Settings
@@ -84,6 +84,12 @@ class Catalog:
                 "journal entry %s for %s is from model %s, the index from %s: skipped",
                 entry.position, entry.product_id, entry.model_id, self.index.model_id,
             )  # fmt: skip
+            return False
+        reason = unusable_reason(entry.vector) if entry.vector is not None else "has no vector"
+        if reason is not None:
+            log.error(
+                "journal entry %s for %s %s: skipped", entry.position, entry.product_id, reason
+            )
             return False
         return True
 

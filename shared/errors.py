@@ -57,6 +57,13 @@ class ModelMismatch(LookalikeError):
     http_status = 409
 
 
+class InvalidVector(LookalikeError, ValueError):
+    """A vector cosine similarity is undefined for: all zeros, NaN or infinite values."""
+
+    code = "invalid_vector"
+    http_status = 400
+
+
 class DimensionMismatch(LookalikeError):
     code = "dimension_mismatch"
     http_status = 400

@@ -22,18 +22,18 @@ def read_after(
 
 
 def trimmed_past(client: redis.Redis, position: str) -> bool:
-    """True when entries after position may have been trimmed away: reload a snapshot."""
+    """True when entries after position may have been trimmed away: reload a snapshot.
+
+    The writer trims with MINID, so everything older than the first entry is gone; that may
+    include entries after position. (XTRIM does not update max-deleted-entry-id.)
+    """
     try:
         info: Any = client.xinfo_stream(keys.JOURNAL)
     except redis.ResponseError:  # no stream yet
         return False
-    here = position_key(position)
-    deleted = info.get("max-deleted-entry-id")
-    if deleted is not None:  # Redis 7 knows the newest entry it ever removed
-        return position_key(_decode(deleted)) > here
     first = info.get("first-entry")
     oldest = _decode(first[0]) if first else _decode(info["last-generated-id"])
-    return position_key(oldest) > here
+    return position_key(oldest) > position_key(position)
 
 
 def _decode(value: bytes | str) -> str:

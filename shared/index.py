@@ -17,7 +17,12 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import DimensionMismatch, LookalikeError, ModelMismatch, SnapshotError
+from shared.errors import (
+    DimensionMismatch,
+    InvalidVector,
+    ModelMismatch,
+    SnapshotError,
+)
 from shared.rwlock import RWLock
 
 if TYPE_CHECKING:
@@ -38,13 +43,6 @@ SCAN_CHUNK = 4096  # vectors fetched per step of an exact scan, to bound its mem
 
 Vectors = npt.NDArray[np.float32]
 Hits = list[tuple[str, float]]
-
-
-class InvalidVector(LookalikeError, ValueError):
-    """A vector cosine similarity is undefined for: all zeros, NaN or infinite values."""
-
-    code = "invalid_vector"
-    http_status = 400
 
 
 class VectorIndex:
@@ -523,6 +521,12 @@ def _remove_stale_files(directory: Path, keep: str) -> None:
         for path in directory.glob(pattern):
             if path.name != keep:
                 path.unlink(missing_ok=True)
+
+
+def unusable_reason(vector: npt.ArrayLike) -> str | None:
+    """Why cosine similarity is undefined for this vector (zero, NaN, inf), or None if usable."""
+    bad = _first_unusable(np.asarray(vector, dtype=np.float32).reshape(1, -1))
+    return None if bad is None else bad[1]
 
 
 def _first_unusable(data: Vectors) -> tuple[int, str] | None:

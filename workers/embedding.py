@@ -19,6 +19,7 @@ from shared import keys
 from shared.embedder import Embedder, get_embedder
 from shared.errors import LookalikeError
 from shared.images import make_thumbnail
+from shared.index import unusable_reason
 from shared.journal import Fields, upsert_entry
 from shared.queue import EMBED_TASK
 from shared.records import TaskRecord, TaskStore, connect, failure
@@ -143,6 +144,10 @@ def finish_search(record: TaskRecord, vector: np.ndarray, embedder: Embedder) ->
 def finish_index(job: Job, vector: np.ndarray, embedder: Embedder) -> None:
     """Journal the vector and update the product, atomically, unless a later request won."""
     record = job.record
+    reason = unusable_reason(vector)
+    if reason is not None:  # e.g. a blank image under max pooling: no direction to compare
+        finish_failed(record, failure("invalid_vector", f"the image's embedding {reason}"))
+        return
     index_model = claim_index_model(embedder.model_id)
     if index_model != embedder.model_id:
         message = (

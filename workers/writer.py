@@ -74,7 +74,7 @@ class IndexWriter:
         """Save, then trim the journal up to what the snapshot holds (never beyond)."""
         started = time.perf_counter()
         catalog.save(self.directory)
-        self.client.xtrim(keys.JOURNAL, minid=catalog.position)
+        self.client.xtrim(keys.JOURNAL, minid=catalog.position, approximate=False)
         log.info(
             "snapshot: %d items at %s in %.2fs",
             len(catalog), catalog.position, time.perf_counter() - started,

@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.errors import DimensionMismatch, ModelMismatch, SnapshotError
-from shared.index import (
-    BRUTE_FORCE_MAX_FRACTION,
-    BRUTE_FORCE_MAX_ITEMS,
-    MANIFEST,
-    InvalidVector,
-    VectorIndex,
-)
+from shared.errors import DimensionMismatch, InvalidVector, ModelMismatch, SnapshotError
+from shared.index import BRUTE_FORCE_MAX_FRACTION, BRUTE_FORCE_MAX_ITEMS, MANIFEST, VectorIndex
 
 DIM = 32
 MODEL = "resnet50-max-test"
