@@ -82,18 +82,31 @@ def process_batch(task_ids: list[str]) -> None:
         return
     embedder = get_embedder(settings)
     passes, started = embedder.forward_passes, time.perf_counter()
-    results = embedder.embed_bytes([job.image for job in jobs])
+    try:
+        results = embedder.embed_bytes([job.image for job in jobs])
+    except Exception as exc:  # the model itself failed (e.g. out of memory): fail, never hang
+        log.exception("forward pass failed for %d tasks", len(jobs))
+        results = [exc] * len(jobs)
     record_batch_stats(embedder.forward_passes - passes, len(jobs), started)
     for job, result in zip(jobs, results, strict=True):
-        if isinstance(result, LookalikeError):
-            finish_failed(job.record, failure(result.code, result.message))
-        elif isinstance(result, Exception):
-            log.exception("embedding %s failed", job.record.task_id, exc_info=result)
-            finish_failed(job.record, failure("embed_failed", f"could not embed: {result}"))
-        elif job.record.kind == "search":
-            finish_search(job.record, result, embedder)
-        else:
-            finish_index(job, result, embedder)
+        try:
+            finish(job, result, embedder)
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # one item's bad luck must not leave the others "running"
+            log.exception("task %s failed", job.record.task_id)
+            finish_failed(job.record, failure("embed_failed", f"could not embed: {exc}"))
+
+
+def finish(job: Job, result: np.ndarray | Exception, embedder: Embedder) -> None:
+    if isinstance(result, LookalikeError):
+        finish_failed(job.record, failure(result.code, result.message))
+    elif isinstance(result, Exception):
+        finish_failed(job.record, failure("embed_failed", f"could not embed: {result}"))
+    elif job.record.kind == "search":
+        finish_search(job.record, result, embedder)
+    else:
+        finish_index(job, result, embedder)
 
 
 def claim(task_id: str) -> Job | None:

@@ -40,7 +40,7 @@ class IndexWriter:
         log.info("waiting for the writer lock (%s)", self.token)
         while not self.stop_event.is_set():
             try:
-                if self.client.set(keys.WRITER_LOCK, self.token, nx=True, px=LOCK_TTL_MS):
+                if self._acquire():
                     log.info("writer lock acquired (%s)", self.token)
                     self._write_while_locked()
                 else:
@@ -49,12 +49,21 @@ class IndexWriter:
                 log.warning("Redis unavailable (%s); retrying in 1s", exc)
                 self.stop_event.wait(1.0)
 
+    def _acquire(self) -> bool:
+        """Take the lock, or find it still ours (after a Redis restart, say)."""
+        if self.client.set(keys.WRITER_LOCK, self.token, nx=True, px=LOCK_TTL_MS):
+            return True
+        return bool(self._renew())
+
+    def _renew(self) -> bool:
+        return bool(self.client.eval(RENEW, 1, keys.WRITER_LOCK, self.token, LOCK_TTL_MS))
+
     def _write_while_locked(self) -> None:
         catalog = Catalog.load(self.settings, self.directory)
         log.info("index loaded: %d items at journal position %s", len(catalog), catalog.position)
         unsaved, last_save = 0, time.monotonic()
         while not self.stop_event.is_set():
-            if not self.client.eval(RENEW, 1, keys.WRITER_LOCK, self.token, LOCK_TTL_MS):
+            if not self._renew():
                 log.warning("writer lock lost; another writer took over")
                 return
             entries = read_after(self.client, catalog.position, block_ms=500)

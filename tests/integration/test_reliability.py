@@ -75,6 +75,17 @@ def test_embed_worker_killed_mid_batch_loses_no_task(stack, api):
     assert all(product["indexed"] for product in products)
 
 
+def test_a_redis_restart_loses_no_accepted_task(stack, api):
+    stack.stop("embed")
+    task_ids = post_many(api, "r", 4)
+    stack.redis.stop()  # SHUTDOWN: the append-only file holds every acknowledged write
+    stack.redis.start()
+    stack.start_worker()
+    records = [wait_task(api, task_id, timeout=120) for task_id in task_ids]
+    assert {record["state"] for record in records} == {"succeeded"}
+    wait_until(lambda: similar(api, "r3").status_code == 200, 10, "the replica did not resume")
+
+
 def test_writer_snapshots_and_trims_the_journal(stack):
     manifest = stack.root / "data" / "index" / "snapshot.json"
     wait_until(manifest.exists, 10, "no snapshot written")
@@ -82,7 +93,7 @@ def test_writer_snapshots_and_trims_the_journal(stack):
 
     def snapshot_caught_up():
         saved = json.loads(manifest.read_text())
-        return saved["count"] == 32 and client.xlen(keys.JOURNAL) <= 1
+        return saved["count"] == 36 and client.xlen(keys.JOURNAL) <= 1
 
     wait_until(snapshot_caught_up, 10, "snapshot did not catch up, or journal not trimmed")
 
