@@ -86,6 +86,19 @@ def test_a_redis_restart_loses_no_accepted_task(stack, api):
     wait_until(lambda: similar(api, "r3").status_code == 200, 10, "the replica did not resume")
 
 
+def test_an_upload_gone_before_a_worker_took_it_fails_its_task(stack, api):
+    stack.stop("embed")
+    (task_id,) = post_many(api, "gone", 1)
+    redis_of(stack).delete(keys.upload(task_id))  # what the upload TTL does when it runs out
+    stack.start_worker()
+    record = wait_task(api, task_id)
+    assert record["state"] == "failed"
+    assert record["error"] == {
+        "code": "upload_expired",
+        "message": "the uploaded image expired before a worker took it",
+    }
+
+
 def test_writer_snapshots_and_trims_the_journal(stack):
     manifest = stack.root / "data" / "index" / "snapshot.json"
     wait_until(manifest.exists, 10, "no snapshot written")
