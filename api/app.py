@@ -15,7 +15,7 @@ from api.views import v1
 from shared.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None, start_replica: bool = True) -> Flask:
+def create_app(settings: Settings | None = None) -> Flask:
     """The API; it follows the index journal in a background thread from the start."""
     from api.services import Services
 
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, start_replica: bool = True) -> 
     app.config["MAX_CONTENT_LENGTH"] = (
         settings.max_image_bytes + settings.max_metadata_bytes + 65536
     )
-    services = Services(settings, start_replica=start_replica)
+    services = Services(settings)
     app.extensions["lookalike"] = services
     app.extensions["metrics"] = install_metrics(app, services)
     register_error_handlers(app)

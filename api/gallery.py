@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 
 from api import validation
-from api.services import Services
+from api.services import current_services
 from shared.errors import LookalikeError
 from shared.images import make_thumbnail
 
@@ -17,8 +17,7 @@ FILTERS = ("gender", "masterCategory", "articleType")
 K_CHOICES = (5, 10, 20)
 
 
-def services() -> Services:
-    return current_app.extensions["lookalike"]
+services = current_services
 
 
 def page(status: int = 200, **context: Any) -> tuple[str, int]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import generate_latest
 
-from api.metrics import render_metrics
+from api.services import current_services
 
 health = Blueprint("health", __name__)
 
@@ -18,14 +19,12 @@ def healthz() -> Any:
 
 @health.get("/readyz")
 def readyz() -> Any:
-    checks = current_app.extensions["lookalike"].readiness()
-    ready = all(
-        value is True or (isinstance(value, int) and value > 0) for value in checks.values()
-    )
+    checks = current_services().readiness()
+    ready = not any(isinstance(value, str) for value in checks.values())  # failures are reasons
     return jsonify(ready=ready, checks=checks), 200 if ready else 503
 
 
 @health.get("/metrics")
 def metrics() -> Any:
-    body = render_metrics(current_app.extensions["lookalike"], current_app.extensions["metrics"])
+    body = generate_latest(current_app.extensions["metrics"].registry)
     return Response(body, mimetype="text/plain; version=0.0.4")

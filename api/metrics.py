@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask, g, request
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -91,7 +91,3 @@ class PipelineCollector(Collector):
 
 def queue_name(step: int) -> str:
     return EMBED_QUEUE if step == 0 else f"{EMBED_QUEUE}{PRIORITY_SEPARATOR}{step}"
-
-
-def render_metrics(services: Any, metrics: RequestMetrics) -> bytes:
-    return generate_latest(metrics.registry)

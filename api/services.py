@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import redis
 from celery import Celery
+from flask import current_app
 
 from api.errors import NotFound, NotIndexed, Unavailable
 from shared import keys
@@ -23,10 +24,16 @@ from shared.settings import Settings
 POLL_SECONDS = 0.05
 
 
+def current_services() -> Services:
+    """The services of the app handling the current request."""
+    services: Services = current_app.extensions["lookalike"]
+    return services
+
+
 class Services:
     """One per API process: Redis, the Celery client, the index replica."""
 
-    def __init__(self, settings: Settings, start_replica: bool = True) -> None:
+    def __init__(self, settings: Settings) -> None:
         if settings.redis_url is None:
             raise Unavailable("LOOKALIKE_REDIS_URL is not set: the API needs the stack's Redis")
         self.settings = settings
@@ -34,9 +41,7 @@ class Services:
         self.tasks = TaskStore(self.redis, settings.task_ttl)
         self.products = ProductStore(self.redis)
         self.celery: Celery = make_celery(settings, settings.redis_url)
-        self.replica = Replica(settings, self.redis)
-        if start_replica:
-            self.replica.start()
+        self.replica = Replica(settings, self.redis).start()
 
     def accept_product(self, product_id: str, image: bytes, metadata: dict[str, Any]) -> str:
         """Store the upload and its task record, then queue it; returns the task id."""
@@ -46,9 +51,7 @@ class Services:
             product_id=product_id,
             options={"metadata": metadata},
         )
-        pipe = self.redis.pipeline()
-        pipe.set(keys.upload(record.task_id), image, ex=self.settings.upload_ttl)
-        self.tasks.save(record, pipe)
+        pipe = self._stage_upload(record, image)
         product_key = keys.product(product_id)
         pipe.hsetnx(product_key, "metadata", _json(metadata))
         pipe.hsetnx(product_key, "indexed", "0")
@@ -59,13 +62,18 @@ class Services:
         self._enqueue(record, BULK_PRIORITY)
         return record.task_id
 
+    def _stage_upload(self, record: TaskRecord, image: bytes) -> Any:
+        """A transaction holding the image (with its TTL) and the queued task record."""
+        pipe = self.redis.pipeline()
+        pipe.set(keys.upload(record.task_id), image, ex=self.settings.upload_ttl)
+        self.tasks.save(record, pipe)
+        return pipe
+
     def _enqueue(self, record: TaskRecord, priority: int) -> None:
         try:
             send_embed(self.celery, record.task_id, priority)
         except Exception as exc:
-            self.tasks.transition(
-                record.task_id, "failed", error=failure("enqueue_failed", str(exc))
-            )
+            self.tasks.update(record, "failed", error=failure("enqueue_failed", str(exc)))
             raise Unavailable(f"could not queue the task: {exc}") from exc
 
     def product(self, product_id: str) -> dict[str, Any]:
@@ -110,10 +118,7 @@ class Services:
         record = TaskRecord(
             task_id=uuid.uuid4().hex, kind="search", options={"k": k, "filters": filters}
         )
-        pipe = self.redis.pipeline()
-        pipe.set(keys.upload(record.task_id), image, ex=self.settings.upload_ttl)
-        self.tasks.save(record, pipe)
-        pipe.execute()
+        self._stage_upload(record, image).execute()
         self._enqueue(record, SEARCH_PRIORITY)
         return record
 

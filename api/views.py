@@ -5,17 +5,16 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from api import validation
 from api.errors import Unauthorized
-from api.services import Services
+from api.services import current_services
 
 v1 = Blueprint("v1", __name__, url_prefix="/api/v1")
 
 
-def services() -> Services:
-    return current_app.extensions["lookalike"]
+services = current_services
 
 
 @v1.before_request
@@ -92,7 +91,7 @@ def post_search() -> Any:
     filters = validation.filters(request.form, reserved=("k", "image"))
     record = services().start_search(image, k, filters)
     record = services().wait_for(record.task_id, settings.search_wait)
-    if record.state == "queued" or record.state == "running":
+    if record.state in ("queued", "running"):
         return accepted(record.task_id)
     if record.state == "failed":
         error = record.error or {}

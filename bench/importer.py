@@ -98,7 +98,10 @@ def main() -> None:
         worker = Supervisor([specs["embed"]], log_stream=log)
         worker.start()
         started = None
+        deadline = time.monotonic() + 3600
         while True:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not drain {queued} tasks in an hour; see {root}")
             done = int(client.hget(keys.STATS, "tasks_succeeded") or 0)
             done += int(client.hget(keys.STATS, "tasks_failed") or 0)
             if started is None and done:

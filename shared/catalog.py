@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import SnapshotError
-from shared.index import VectorIndex, unusable_reason
+from shared.index import MANIFEST, VectorIndex, unusable_reason
 from shared.journal import START, JournalEntry
 from shared.model_id import EMBEDDING_DIM
 from shared.settings import Settings
@@ -40,7 +40,7 @@ class Catalog:
         try:
             index = VectorIndex.load(directory, ef_search=settings.hnsw_ef_search)
         except SnapshotError:
-            if (directory / "snapshot.json").exists():
+            if (directory / MANIFEST).exists():  # there, but unreadable: say so
                 raise
             return cls(settings)
         return cls(settings, index)

@@ -65,18 +65,22 @@ class ApiClient:
         files = {"image": (image.name, image.read_bytes(), "application/octet-stream")}
         return self.request("POST", "/api/v1/products", data=data, files=files).json()
 
-    def search(self, image: Path, k: int) -> Any:
+    def search(self, image: Path, k: int, timeout: float = 600) -> Any:
         files = {"image": (image.name, image.read_bytes(), "application/octet-stream")}
         body = self.request("POST", "/api/v1/search", data={"k": k}, files=files).json()
-        if "results" in body:
-            return body
-        while True:  # 202: the embed queue is busy; follow the task
+        deadline = time.monotonic() + timeout
+        while "results" not in body:  # 202: the embed queue is busy; follow the task
+            if time.monotonic() > deadline:
+                raise ApiError(f"search task {body['task_id']} did not finish in {timeout:.0f}s")
+            time.sleep(0.5)
             task = self.get(f"/api/v1/tasks/{body['task_id']}")
             if task["state"] == "failed":
                 raise ApiError(task["error"]["message"], code=task["error"]["code"])
             if task["state"] == "succeeded":
-                return task["result"]
-            time.sleep(0.5)
+                body = task["result"]
+                if "error" in body:  # embedded, but this replica cannot answer it
+                    raise ApiError(body["error"]["message"], code=body["error"]["code"])
+        return body
 
     def products(self) -> Any:
         """Every product record, page by page."""

@@ -70,21 +70,18 @@ class TaskStore:
         target.set(keys.task(record.task_id), record.to_json(), ex=self.ttl)
         target.hincrby(keys.STATS, f"tasks_{record.state}", 1)
 
-    def transition(
+    def update(
         self,
-        task_id: str,
+        record: TaskRecord,
         state: TaskState,
         *,
         result: dict[str, Any] | None = None,
         error: dict[str, str] | None = None,
         pipe: Any = None,
-    ) -> TaskRecord | None:
-        record = self.get(task_id)
-        if record is None:
-            return None
+    ) -> None:
+        """Move a record the caller holds to a new state (no re-read from Redis)."""
         record.state, record.result, record.error = state, result, error
         self.save(record, pipe)
-        return record
 
 
 def failure(code: str, message: str) -> dict[str, str]:

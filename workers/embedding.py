@@ -41,6 +41,7 @@ def redis_client() -> redis.Redis:
     return connect(settings.redis_url)
 
 
+@lru_cache(maxsize=1)
 def tasks() -> TaskStore:
     return TaskStore(redis_client(), settings.task_ttl)
 
@@ -122,8 +123,7 @@ def claim(task_id: str) -> Job | None:
         message = "the uploaded image expired before a worker took it"
         finish_failed(record, failure("upload_expired", message))
         return None
-    tasks().transition(task_id, "running")
-    record.state = "running"
+    tasks().update(record, "running")
     return Job(record, image)  # type: ignore[arg-type]
 
 
@@ -138,7 +138,7 @@ def record_batch_stats(passes: int, images: int, started: float) -> None:
 
 def finish_failed(record: TaskRecord, error: dict[str, str]) -> None:
     pipe = redis_client().pipeline()
-    tasks().transition(record.task_id, "failed", error=error, pipe=pipe)
+    tasks().update(record, "failed", error=error, pipe=pipe)
     pipe.delete(keys.upload(record.task_id))
     pipe.execute()
 
@@ -149,7 +149,7 @@ def finish_search(record: TaskRecord, vector: np.ndarray, embedder: Embedder) ->
         keys.query_vector(record.task_id), vector.astype(np.float32).tobytes(), ex=settings.task_ttl
     )
     result = {"model_id": embedder.model_id, "dim": int(vector.shape[0])}
-    tasks().transition(record.task_id, "succeeded", result=result, pipe=pipe)
+    tasks().update(record, "succeeded", result=result, pipe=pipe)
     pipe.delete(keys.upload(record.task_id))
     pipe.execute()
 
@@ -203,7 +203,7 @@ def publish(
         pipe.hset(keys.product(product_id), mapping=product_fields(metadata, digest, model_id))
         pipe.set(keys.thumbnail(product_id), thumbnail)
         result = {"product_id": product_id, "model_id": model_id, "image_sha256": digest}
-        tasks().transition(record.task_id, "succeeded", result=result, pipe=pipe)
+        tasks().update(record, "succeeded", result=result, pipe=pipe)
         pipe.delete(keys.upload(record.task_id))
         pipe.execute()
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import requests
 
+from shared.redis_server import free_port
 from tests.support.client import post_product, product_image, wait_task
-from tests.support.stack import free_port, wait_until
+from tests.support.stack import wait_until
 
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
 

@@ -235,3 +235,18 @@ def test_api_key_is_required_for_changes_when_set(redis_server, tmp_path):
         assert accepted.status_code == 202
     finally:
         app.extensions["lookalike"].replica.stop()
+
+
+def test_the_api_never_imports_tensorflow_or_worker_code():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, api.app, api.services, api.views, api.gallery, api.health\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'workers')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"

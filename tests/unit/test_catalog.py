@@ -50,8 +50,7 @@ def catalog(settings) -> Catalog:
 
 def test_similar_excludes_the_product_and_carries_metadata(catalog):
     hits = catalog.similar("a", 10, {})
-    assert [hit["product_id"] for hit in hits] != [] and "a" not in {h["product_id"] for h in hits}
-    assert len(hits) == 3
+    assert sorted(hit["product_id"] for hit in hits) == ["b", "c", "d"]
     assert {hit["product_id"]: hit["metadata"]["gender"] for hit in hits}["c"] == "Women"
 
 
