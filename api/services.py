@@ -13,12 +13,12 @@ from celery import Celery
 from flask import current_app
 
 from api.errors import NotFound, NotIndexed, Unavailable
+from api.replica import Replica
 from shared import keys
 from shared.errors import LookalikeError, ModelMismatch
 from shared.journal import delete_entry
 from shared.queue import BULK_PRIORITY, SEARCH_PRIORITY, make_celery, send_embed
 from shared.records import ProductStore, TaskRecord, TaskStore, connect, failure
-from shared.replica import Replica
 from shared.settings import Settings
 
 POLL_SECONDS = 0.05

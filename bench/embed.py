@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from shared.embedder import Embedder
-from shared.random_weights import write_random_weights
 from shared.settings import Settings
+from tests.support.random_weights import write_random_weights
+from workers.embedder import Embedder
 
 
 def make_jpegs(count: int, width: int, height: int) -> list[bytes]:

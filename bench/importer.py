@@ -22,19 +22,19 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli.demo_catalog import write_demo_catalog
+from cli.redis_server import RedisServer, free_port
+from cli.stack import stack_specs
+from cli.supervisor import Supervisor
 from shared import keys
-from shared.demo_catalog import write_demo_catalog
-from shared.random_weights import write_random_weights
-from shared.redis_server import RedisServer, free_port
 from shared.settings import Settings
-from shared.stack import stack_specs
-from shared.supervisor import Supervisor
+from tests.support.random_weights import write_random_weights
 
 IMPORT = """
 import json, resource, sys, time
 from pathlib import Path
-from shared.client import ApiClient
-from shared.importer import CatalogImporter
+from cli.client import ApiClient
+from cli.importer import CatalogImporter
 started = time.monotonic()
 importer = CatalogImporter(ApiClient(sys.argv[1]), concurrency=8)
 uploaded = importer.upload_only(Path(sys.argv[2]))

@@ -16,7 +16,6 @@ from celery.signals import worker_init
 from celery_batches import Batches, SimpleRequest
 
 from shared import keys
-from shared.embedder import Embedder, get_embedder
 from shared.errors import LookalikeError
 from shared.images import make_thumbnail
 from shared.index import unusable_reason
@@ -24,6 +23,7 @@ from shared.journal import Fields, upsert_entry
 from shared.queue import EMBED_TASK
 from shared.records import TaskRecord, TaskStore, connect, failure
 from workers.app import celery_app, settings
+from workers.embedder import Embedder, get_embedder
 
 log = logging.getLogger(__name__)
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.demo_catalog import write_demo_catalog
-from shared.styles import read_styles
+from cli.demo_catalog import write_demo_catalog
+from cli.styles import read_styles
 from tests.support.stack import Stack, wait_until
 
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from shared.embedder import Embedder, get_embedder
 from shared.errors import NotAnImage, WeightsUnavailable
 from shared.model_id import model_id
 from shared.settings import Settings
 from tests.support.images import varied_images
+from workers.embedder import Embedder, get_embedder
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -142,7 +142,7 @@ def test_imagenet_offline_says_how_to_use_a_local_file(tmp_path, monkeypatch):
     # KERAS_HOME empty: Keras must download, and this machine (like CI) has no route out.
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     code = (
-        "from shared.embedder import build_model\n"
+        "from workers.embedder import build_model\n"
         "from shared.settings import Settings\n"
         "build_model(Settings(weights='imagenet'))\n"
     )
@@ -158,7 +158,7 @@ def test_imagenet_offline_says_how_to_use_a_local_file(tmp_path, monkeypatch):
 def test_cli_embed_writes_vectors_in_input_order(settings, embedder, image_files, tmp_path):
     out = tmp_path / "vectors.npy"
     chosen = [image_files[3], image_files[0], image_files[7]]
-    env_code = "import sys; from shared.cli import main; sys.exit(main(sys.argv[1:]))"
+    env_code = "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"
     result = subprocess.run(
         [sys.executable, "-c", env_code, "embed", *map(str, chosen), "--out", str(out), "-q"],
         capture_output=True,
@@ -182,7 +182,7 @@ def test_cli_embed_refuses_a_bad_image_and_writes_nothing(settings, image_files,
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "cli.main",
             "embed",
             str(image_files[0]),
             str(bad),

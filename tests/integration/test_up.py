@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from shared.redis_server import free_port
+from cli.redis_server import free_port
 from tests.support.client import post_product, product_image, wait_task
 from tests.support.stack import wait_until
 

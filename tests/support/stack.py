@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from shared.redis_server import RedisServer, free_port
+from cli.redis_server import RedisServer, free_port
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[2]

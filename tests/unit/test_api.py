@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from api.app import create_app
-from shared.redis_server import RedisServer
+from cli.redis_server import RedisServer
 from shared.settings import Settings
 from tests.support.images import encode, pattern
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import redis
 
+from api.replica import Replica
+from cli.redis_server import RedisServer
 from shared import keys
 from shared.catalog import Catalog
 from shared.follower import read_after, trimmed_past
 from shared.journal import START, JournalEntry, delete_entry, parse_entry, upsert_entry
-from shared.redis_server import RedisServer
-from shared.replica import Replica
 from shared.settings import Settings
 
 MODEL = "resnet50-test"

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shared.demo_catalog import HEADER, write_demo_catalog
+from cli.demo_catalog import HEADER, write_demo_catalog
 
 N = 60
 TAXONOMY = {

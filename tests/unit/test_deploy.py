@@ -1,7 +1,7 @@
 """The Docker deployment: docker-compose.yml and docker/Dockerfile* against the code they run.
 
 No Docker engine is needed: the compose file is read with PyYAML and the Dockerfiles with a small
-parser of their instructions. The commands are checked against `shared.stack.stack_specs`, the
+parser of their instructions. The commands are checked against `cli.stack.stack_specs`, the
 settings against `shared.settings.Settings`, the paths against this checkout.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from cli.stack import stack_specs
 from shared.settings import Settings
-from shared.stack import stack_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

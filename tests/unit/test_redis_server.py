@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from cli.redis_server import RedisServer, find_redis_server
 from shared.errors import RedisUnavailable
-from shared.redis_server import RedisServer, find_redis_server
 
 
 def _bundled_binary() -> str | None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared import stack
-from shared.redis_server import port_is_free
+from cli import stack
+from cli.redis_server import port_is_free
+from cli.stack import run_stack, stack_specs, start_embedded_redis
+from cli.supervisor import ProcessSpec
 from shared.settings import Settings
-from shared.stack import run_stack, stack_specs, start_embedded_redis
-from shared.supervisor import ProcessSpec
 
 URL = "redis://127.0.0.1:6390/0"
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.styles import StylesError, count_rows, read_styles
+from cli.styles import StylesError, count_rows, read_styles
 
 HEADER = (
     "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.supervisor import ProcessSpec, Supervisor
+from cli.supervisor import ProcessSpec, Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 SLEEPER = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(60)"
@@ -132,7 +132,7 @@ def test_a_child_that_cannot_start_stops_those_already_started() -> None:
 
 SCRIPT = """
 import sys
-from shared.supervisor import ProcessSpec, Supervisor
+from cli.supervisor import ProcessSpec, Supervisor
 child = [sys.executable, "-c", {sleeper!r}]
 supervisor = Supervisor([ProcessSpec("one", child), ProcessSpec("two", child)])
 sys.exit(supervisor.run(on_started=lambda: supervisor.log("test", "all started")))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shared.client import ApiClient, ApiError
-from shared.styles import StyleRow, count_rows, read_styles
+from cli.client import ApiClient, ApiError
+from cli.styles import StyleRow, count_rows, read_styles
 
 FOLLOW_WINDOW = 64  # unfinished tasks checked per round while following (they finish in order)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from shared.client import ApiClient, ApiError
+from cli.client import ApiClient, ApiError
 
 LABELS = ("articleType", "subCategory", "masterCategory", "baseColour")
 

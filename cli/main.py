@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.client import ApiClient
+from cli.client import ApiClient
 from shared.errors import LookalikeError
 from shared.settings import get_settings
 
@@ -19,7 +19,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from shared.embedder import get_embedder
+    from workers.embedder import get_embedder
 
     missing = [path for path in args.images if not path.is_file()]
     if missing:
@@ -54,7 +54,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the whole stack: Redis (unless LOOKALIKE_REDIS_URL), embed worker, writer, API."""
-    from shared.stack import run_stack
+    from cli.stack import run_stack
 
     return run_stack(get_settings(), args.host, args.port, demo=args.demo)
 
@@ -66,7 +66,7 @@ def api_client(args: argparse.Namespace) -> ApiClient:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Upload a catalog in the Fashion Product Images layout; resumable."""
-    from shared.importer import CatalogImporter
+    from cli.importer import CatalogImporter
 
     if not (args.dataset / "styles.csv").is_file():
         print(f"error: {args.dataset / 'styles.csv'} not found", file=sys.stderr)
@@ -105,7 +105,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_demo_catalog(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from shared.demo_catalog import write_demo_catalog
+    from cli.demo_catalog import write_demo_catalog
 
     with tqdm(total=args.n, unit="img", disable=args.quiet) as bar:
         written = write_demo_catalog(args.directory, args.n, args.seed, progress=bar.update)
@@ -114,7 +114,7 @@ def cmd_demo_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from shared.evaluate import evaluate
+    from cli.evaluate import evaluate
 
     report = evaluate(api_client(args), args.k, args.by, args.concurrency, not args.quiet)
     print(report.table())

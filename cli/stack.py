@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cli.redis_server import RedisServer, free_port, port_is_free
+from cli.supervisor import OWN_LABEL, ProcessSpec, Supervisor
 from shared.errors import LookalikeError
-from shared.redis_server import RedisServer, free_port, port_is_free
 from shared.settings import Settings
-from shared.supervisor import OWN_LABEL, ProcessSpec, Supervisor
 
 PORT_FILE = "port"
 
@@ -90,9 +90,9 @@ def run_stack(settings: Settings, host: str, port: int, demo: int = 0) -> int:
 
 def import_demo(settings: Settings, url: str, n: int, supervisor: Supervisor) -> None:
     """Write the demo catalog once, import it through the API, then point at the gallery."""
-    from shared.client import ApiClient
-    from shared.demo_catalog import write_demo_catalog
-    from shared.importer import CatalogImporter
+    from cli.client import ApiClient
+    from cli.demo_catalog import write_demo_catalog
+    from cli.importer import CatalogImporter
 
     def say(line: str) -> None:
         supervisor.log("demo", line)

@@ -1,0 +1,1 @@
+"""The `lookalike` command line and what it runs locally: the stack, importer and client."""
