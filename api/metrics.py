@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from shared import keys
 from shared.queue import EMBED_QUEUE, PRIORITY_STEPS
-from shared.records import TASK_STATES
+from shared.records import TaskState
 
 # kombu's Redis transport keeps one list per priority step: "embed", "embed\x06\x163", ...
 PRIORITY_SEPARATOR = "\x06\x16"
@@ -61,7 +61,7 @@ class PipelineCollector(Collector):
         client = self.services.redis
         stats = {k.decode(): float(v) for k, v in client.hgetall(keys.STATS).items()}
         tasks = CounterMetricFamily("lookalike_tasks", "Task state transitions", labels=["state"])
-        for state in TASK_STATES:
+        for state in TaskState:
             tasks.add_metric([state], stats.get(f"tasks_{state}", 0.0))
         yield tasks
         depth = sum(int(client.llen(queue_name(step))) for step in PRIORITY_STEPS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -18,7 +17,7 @@ from shared import keys
 from shared.errors import LookalikeError, ModelMismatch
 from shared.journal import delete_entry
 from shared.queue import BULK_PRIORITY, SEARCH_PRIORITY, make_celery, send_embed
-from shared.records import ProductStore, TaskRecord, TaskStore, connect, failure
+from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, connect, failure
 from shared.settings import Settings
 
 POLL_SECONDS = 0.05
@@ -52,12 +51,7 @@ class Services:
             options={"metadata": metadata},
         )
         pipe = self._stage_upload(record, image)
-        product_key = keys.product(product_id)
-        pipe.hsetnx(product_key, "metadata", _json(metadata))
-        pipe.hsetnx(product_key, "indexed", "0")
-        pipe.hsetnx(product_key, "updated_at", str(time.time()))
-        pipe.hset(product_key, "pending_task", record.task_id)
-        pipe.sadd(keys.PRODUCTS, product_id)
+        self.products.stage(pipe, product_id, record.task_id, metadata)
         pipe.execute()
         self._enqueue(record, BULK_PRIORITY)
         return record.task_id
@@ -73,7 +67,7 @@ class Services:
         try:
             send_embed(self.celery, record.task_id, priority)
         except Exception as exc:
-            self.tasks.update(record, "failed", error=failure("enqueue_failed", str(exc)))
+            self.tasks.update(record, TaskState.FAILED, error=failure("enqueue_failed", str(exc)))
             raise Unavailable(f"could not queue the task: {exc}") from exc
 
     def product(self, product_id: str) -> dict[str, Any]:
@@ -100,8 +94,7 @@ class Services:
                         raise NotFound(f"unknown product {product_id}")
                     pipe.multi()
                     pipe.xadd(keys.JOURNAL, delete_entry(product_id))
-                    pipe.delete(product_key, keys.thumbnail(product_id))
-                    pipe.srem(keys.PRODUCTS, product_id)
+                    self.products.remove(pipe, product_id)
                     pipe.execute()
                     return
                 except redis.WatchError:
@@ -127,7 +120,7 @@ class Services:
         deadline = time.monotonic() + seconds
         while True:
             record = self.task(task_id)
-            if record.state in ("succeeded", "failed") or time.monotonic() >= deadline:
+            if record.finished or time.monotonic() >= deadline:
                 return record
             time.sleep(POLL_SECONDS)
 
@@ -155,7 +148,7 @@ class Services:
     def public_task(self, record: TaskRecord) -> dict[str, Any]:
         """The task record as clients see it; a finished search carries its results."""
         view = record.public()
-        if record.kind == "search" and record.state == "succeeded":
+        if record.kind == "search" and record.state == TaskState.SUCCEEDED:
             try:
                 view["result"] = {**view.get("result", {}), "results": self.search_results(record)}
             except LookalikeError as exc:
@@ -178,7 +171,3 @@ class Services:
         except Exception:
             return 0
         return sum(1 for reply in replies for name in reply if name.startswith("embed@"))
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from shared.errors import LookalikeError
+from shared.records import TaskState
 
 RETRY_STATUSES = {502, 503, 504}
 
@@ -36,26 +39,18 @@ class ApiClient:
     @property
     def session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
+            self._local.session = _retrying_session(self.retries)
         return self._local.session
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """The response; connection errors and 5xx are retried with backoff, 4xx raise."""
-        delay = 0.5
-        for attempt in range(self.retries + 1):
-            try:
-                response = self.session.request(
-                    method, self.base_url + path, headers=self.headers, timeout=60, **kwargs
-                )
-            except requests.ConnectionError as exc:
-                if attempt == self.retries:
-                    raise ApiError(f"cannot reach the API at {self.base_url}: {exc}") from None
-            else:
-                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
-                    return _checked(response)
-            time.sleep(delay)
-            delay = min(delay * 2, 10)
-        raise AssertionError("unreachable")
+        """The response; connection errors and 502/503/504 are retried with backoff, 4xx raise."""
+        try:
+            response = self.session.request(
+                method, self.base_url + path, headers=self.headers, timeout=60, **kwargs
+            )
+        except requests.ConnectionError as exc:
+            raise ApiError(f"cannot reach the API at {self.base_url}: {exc}") from None
+        return _checked(response)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params).json()
@@ -74,9 +69,9 @@ class ApiClient:
                 raise ApiError(f"search task {body['task_id']} did not finish in {timeout:.0f}s")
             time.sleep(0.5)
             task = self.get(f"/api/v1/tasks/{body['task_id']}")
-            if task["state"] == "failed":
+            if task["state"] == TaskState.FAILED:
                 raise ApiError(task["error"]["message"], code=task["error"]["code"])
-            if task["state"] == "succeeded":
+            if task["state"] == TaskState.SUCCEEDED:
                 body = task["result"]
                 if "error" in body:  # embedded, but this replica cannot answer it
                     raise ApiError(body["error"]["message"], code=body["error"]["code"])
@@ -89,6 +84,23 @@ class ApiClient:
             page = self.get("/api/v1/products", cursor=cursor, limit=2000)
             yield from page["products"]
             cursor = page["next_cursor"]
+
+
+def _retrying_session(retries: int) -> requests.Session:
+    """A session whose every request (POSTs too: ours are idempotent) is retried with backoff."""
+    retry = Retry(
+        total=retries,
+        backoff_factor=0.5,
+        backoff_max=10,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=None,
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def _checked(response: requests.Response) -> requests.Response:

@@ -13,7 +13,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cli.client import ApiClient, ApiError
-from cli.styles import StyleRow, count_rows, read_styles
+from cli.styles import StyleRow, check_header, count_rows, read_styles
+from shared.records import FINISHED, TaskState
 
 FOLLOW_WINDOW = 64  # unfinished tasks checked per round while following (they finish in order)
 
@@ -66,8 +67,9 @@ class CatalogImporter:
 
     def _upload_phase(self, dataset: Path, report: ImportReport, progress: bool) -> dict[str, str]:
         """Upload rows (skipping unchanged ones); task id -> product id, in order."""
-        indexed = {} if self.force else self._indexed_digests()
         styles = dataset / "styles.csv"
+        check_header(styles)  # before anything else, so a wrong file costs nothing
+        indexed = {} if self.force else self._indexed_digests()
         pending: dict[str, str] = {}
         with tqdm(total=count_rows(styles), unit="img", desc="upload", disable=not progress) as bar:
             for row, outcome in self._upload_all(read_styles(styles), dataset, indexed):
@@ -128,12 +130,12 @@ class CatalogImporter:
 
     def _finished(self, task_id: str, product_id: str, report: ImportReport) -> bool:
         task = self.client.get(f"/api/v1/tasks/{task_id}")
-        if task["state"] == "succeeded":
+        if task["state"] == TaskState.SUCCEEDED:
             report.imported += 1
-        elif task["state"] == "failed":
+        elif task["state"] == TaskState.FAILED:
             error = task["error"]
             report.failed[product_id] = f"{error['code']}: {error['message']}"
-        return task["state"] in ("succeeded", "failed")
+        return task["state"] in FINISHED
 
 
 def _collect(

@@ -1,25 +1,41 @@
-"""Task and product records in Redis: what the API answers and the workers update."""
+"""Task and product records in Redis: their schema, states and every read and write of them."""
 
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared import keys
 
-TaskState = Literal["queued", "running", "succeeded", "failed"]
 TaskKind = Literal["index", "search", "delete"]
-TASK_STATES: tuple[TaskState, ...] = ("queued", "running", "succeeded", "failed")
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+FINISHED = frozenset({TaskState.SUCCEEDED, TaskState.FAILED})
 
 
 def connect(url: str) -> redis.Redis:
-    """A client with timeouts, so a dead Redis is an error rather than a hang."""
+    """A client with timeouts (a dead Redis is an error, not a hang) and brief retries."""
     return redis.Redis.from_url(
-        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 
 
@@ -27,7 +43,7 @@ def connect(url: str) -> redis.Redis:
 class TaskRecord:
     task_id: str
     kind: TaskKind
-    state: TaskState = "queued"
+    state: TaskState = TaskState.QUEUED
     product_id: str | None = None
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -35,12 +51,18 @@ class TaskRecord:
     result: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> TaskRecord:
-        return cls(**json.loads(raw))
+        fields = json.loads(raw)
+        fields["state"] = TaskState(fields["state"])
+        return cls(**fields)
 
     def public(self) -> dict[str, Any]:
         """What clients see: no internal options."""
@@ -89,7 +111,10 @@ def failure(code: str, message: str) -> dict[str, str]:
 
 
 class ProductStore:
-    """Product records: metadata, whether indexed, the task that will next change them."""
+    """Product records (a hash each): metadata, whether indexed, the task that changes it next.
+
+    The one owner of the record's fields: the API stages a product, a worker marks it indexed.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -110,6 +135,43 @@ class ProductStore:
             "pending_task": fields.get("pending_task") or None,
             "updated_at": float(fields.get("updated_at", "0")),
         }
+
+    @staticmethod
+    def stage(pipe: Any, product_id: str, task_id: str, metadata: dict[str, Any]) -> None:
+        """Make task_id the product's next change; a new product starts as not indexed."""
+        key = keys.product(product_id)
+        pipe.hsetnx(key, "metadata", _json(metadata))
+        pipe.hsetnx(key, "indexed", "0")
+        pipe.hsetnx(key, "updated_at", str(time.time()))
+        pipe.hset(key, "pending_task", task_id)
+        pipe.sadd(keys.PRODUCTS, product_id)
+
+    @staticmethod
+    def watch_pending(pipe: Any, product_id: str) -> str | None:
+        """Watch the product and return the task its next change belongs to (None: gone)."""
+        key = keys.product(product_id)
+        pipe.watch(key)
+        pending = pipe.hget(key, "pending_task")
+        return pending.decode() if pending else None
+
+    @staticmethod
+    def mark_indexed(
+        pipe: Any, product_id: str, metadata: dict[str, Any], digest: str, model_id: str
+    ) -> None:
+        fields = {
+            "metadata": _json(metadata),
+            "indexed": "1",
+            "image_sha256": digest,
+            "model_id": model_id,
+            "pending_task": "",
+            "updated_at": str(time.time()),
+        }
+        pipe.hset(keys.product(product_id), mapping=fields)
+
+    @staticmethod
+    def remove(pipe: Any, product_id: str) -> None:
+        pipe.delete(keys.product(product_id), keys.thumbnail(product_id))
+        pipe.srem(keys.PRODUCTS, product_id)
 
     def page(self, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         """Up to about limit products from a SSCAN cursor, and the next cursor (0: done)."""
@@ -132,3 +194,7 @@ class ProductStore:
     def random_id(self) -> str | None:
         raw = self.client.srandmember(keys.PRODUCTS)
         return None if raw is None else raw.decode()  # type: ignore[union-attr]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

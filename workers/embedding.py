@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,9 +18,9 @@ from shared import keys
 from shared.errors import LookalikeError
 from shared.images import make_thumbnail
 from shared.index import unusable_reason
-from shared.journal import Fields, upsert_entry
+from shared.journal import upsert_entry
 from shared.queue import EMBED_TASK
-from shared.records import TaskRecord, TaskStore, connect, failure
+from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, connect, failure
 from workers.app import celery_app, settings
 from workers.embedder import Embedder, get_embedder
 
@@ -116,14 +115,14 @@ def claim(task_id: str) -> Job | None:
     if record is None:
         log.warning("task %s has no record (expired?); skipped", task_id)
         return None
-    if record.state in ("succeeded", "failed"):
+    if record.finished:
         return None
     image = redis_client().get(keys.upload(task_id))
     if image is None:
         message = "the uploaded image expired before a worker took it"
         finish_failed(record, failure("upload_expired", message))
         return None
-    tasks().update(record, "running")
+    tasks().update(record, TaskState.RUNNING)
     return Job(record, image)  # type: ignore[arg-type]
 
 
@@ -138,7 +137,7 @@ def record_batch_stats(passes: int, images: int, started: float) -> None:
 
 def finish_failed(record: TaskRecord, error: dict[str, str]) -> None:
     pipe = redis_client().pipeline()
-    tasks().update(record, "failed", error=error, pipe=pipe)
+    tasks().update(record, TaskState.FAILED, error=error, pipe=pipe)
     pipe.delete(keys.upload(record.task_id))
     pipe.execute()
 
@@ -149,7 +148,7 @@ def finish_search(record: TaskRecord, vector: np.ndarray, embedder: Embedder) ->
         keys.query_vector(record.task_id), vector.astype(np.float32).tobytes(), ex=settings.task_ttl
     )
     result = {"model_id": embedder.model_id, "dim": int(vector.shape[0])}
-    tasks().update(record, "succeeded", result=result, pipe=pipe)
+    tasks().update(record, TaskState.SUCCEEDED, result=result, pipe=pipe)
     pipe.delete(keys.upload(record.task_id))
     pipe.execute()
 
@@ -191,32 +190,19 @@ def publish(
     product_id = record.product_id
     assert product_id is not None
     with redis_client().pipeline() as pipe:
-        pipe.watch(keys.product(product_id))
-        pending: bytes | None = pipe.hget(keys.product(product_id), "pending_task")  # type: ignore[assignment]
-        if pending is None or pending.decode() != record.task_id:
+        if ProductStore.watch_pending(pipe, product_id) != record.task_id:
             pipe.reset()
             message = f"product {product_id} was changed or deleted by a later request"
             finish_failed(record, failure("superseded", message))
             return
         pipe.multi()
         pipe.xadd(keys.JOURNAL, upsert_entry(product_id, vector, model_id, metadata))
-        pipe.hset(keys.product(product_id), mapping=product_fields(metadata, digest, model_id))
+        ProductStore.mark_indexed(pipe, product_id, metadata, digest, model_id)
         pipe.set(keys.thumbnail(product_id), thumbnail)
         result = {"product_id": product_id, "model_id": model_id, "image_sha256": digest}
-        tasks().update(record, "succeeded", result=result, pipe=pipe)
+        tasks().update(record, TaskState.SUCCEEDED, result=result, pipe=pipe)
         pipe.delete(keys.upload(record.task_id))
         pipe.execute()
-
-
-def product_fields(metadata: dict[str, Any], digest: str, model_id: str) -> Fields:
-    return {
-        "metadata": json.dumps(metadata),
-        "indexed": "1",
-        "image_sha256": digest,
-        "model_id": model_id,
-        "pending_task": "",
-        "updated_at": time.time(),
-    }
 
 
 def claim_index_model(model_id: str) -> str:
