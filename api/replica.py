@@ -69,7 +69,6 @@ class Replica:
             "needs the writer's data directory (LOOKALIKE_DATA_DIR)", before, self.directory,
         )  # fmt: skip
         return False
-        return False
 
     def _reload(self) -> None:
         started = time.perf_counter()

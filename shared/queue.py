@@ -16,16 +16,15 @@ PRIORITY_STEPS = [0, 3, 6, 9]
 
 def make_celery(settings: Settings, redis_url: str) -> Celery:
     """A Celery app with our reliability settings: late acks, redelivery, bounded prefetch."""
-    app = Celery("lookalike", broker=redis_url, backend=redis_url, set_as_current=False)
+    # No result backend: our own task records (shared.records) carry states and results.
+    app = Celery("lookalike", broker=redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
-        result_serializer="json",
         accept_content=["json"],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_ignore_result=True,  # our own task records carry states and results
+        task_ignore_result=True,
         task_time_limit=settings.task_time_limit,
-        result_expires=settings.task_ttl,
         broker_connection_retry_on_startup=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,

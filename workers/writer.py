@@ -5,6 +5,7 @@ Run one or more with `python -m workers.writer`; a Redis lock lets exactly one w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -13,6 +14,8 @@ import uuid
 from types import FrameType
 
 import redis
+from redis.exceptions import LockError
+from redis.lock import Lock
 
 from shared import keys
 from shared.catalog import Catalog
@@ -21,9 +24,7 @@ from shared.records import connect
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("lookalike.writer")
-LOCK_TTL_MS = 15_000
-# Extend the lock only while we still hold it: another writer may have taken it over.
-RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"  # noqa: E501
+LOCK_TTL = 15.0
 
 
 class IndexWriter:
@@ -34,6 +35,8 @@ class IndexWriter:
         self.client = client
         self.directory = settings.data_dir / "index"
         self.token = uuid.uuid4().hex
+        # Token-checked: only the holder can extend or release it.
+        self.lock = Lock(client, keys.WRITER_LOCK, timeout=LOCK_TTL, thread_local=False)
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -44,19 +47,26 @@ class IndexWriter:
                     log.info("writer lock acquired (%s)", self.token)
                     self._write_while_locked()
                 else:
-                    self.stop_event.wait(LOCK_TTL_MS / 3000)
+                    self.stop_event.wait(LOCK_TTL / 3)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("Redis unavailable (%s); retrying in 1s", exc)
                 self.stop_event.wait(1.0)
 
     def _acquire(self) -> bool:
         """Take the lock, or find it still ours (after a Redis restart, say)."""
-        if self.client.set(keys.WRITER_LOCK, self.token, nx=True, px=LOCK_TTL_MS):
+        if self.lock.acquire(blocking=False, token=self.token):
             return True
-        return bool(self._renew())
+        if self.client.get(keys.WRITER_LOCK) == self.token.encode():
+            self.lock.local.token = self.token.encode()
+            return self._renew()
+        return False
 
     def _renew(self) -> bool:
-        return bool(self.client.eval(RENEW, 1, keys.WRITER_LOCK, self.token, LOCK_TTL_MS))
+        """Reset the lock's TTL if we still hold it (another writer may have taken it over)."""
+        try:
+            return self.lock.reacquire()
+        except LockError:
+            return False
 
     def _write_while_locked(self) -> None:
         catalog = Catalog.load(self.settings, self.directory)
@@ -74,10 +84,8 @@ class IndexWriter:
                 unsaved, last_save = 0, time.monotonic()
         if unsaved:
             self.snapshot(catalog)
-        self.client.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end",
-            1, keys.WRITER_LOCK, self.token,
-        )  # fmt: skip
+        with contextlib.suppress(LockError):
+            self.lock.release()
 
     def snapshot(self, catalog: Catalog) -> None:
         """Save, then trim the journal up to what the snapshot holds (never beyond)."""
