@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cli import processes
 from cli.redis_server import RedisServer, free_port, port_is_free
 from cli.supervisor import OWN_LABEL, ProcessSpec, Supervisor
 from shared.errors import LookalikeError
@@ -42,15 +43,11 @@ def stack_specs(settings: Settings, redis_url: str, host: str, port: int) -> lis
         "LOOKALIKE_DATA_DIR": str(settings.data_dir.resolve()),
         "PYTHONUNBUFFERED": "1",
     }
-    embed = [python, "-m", "celery", "-A", "workers.app", "worker", "-Q", "embed", "-P", "solo"]
-    embed += ["-n", "embed@%h", "--loglevel", "INFO"]
-    api = [python, "-m", "gunicorn", "--bind", _address(host, port), "--workers", "1"]
-    api += ["--threads", "8", "--timeout", "120", "api.app:create_app()"]
     return [
         # Celery's warm shutdown finishes the batch in hand; a SIGKILL only gets it redelivered.
-        ProcessSpec("embed", embed, env, stop_timeout=30),
-        ProcessSpec("writer", [python, "-m", "workers.writer"], env),
-        ProcessSpec("api", api, env),
+        ProcessSpec("embed", processes.embed_worker(python=python), env, stop_timeout=30),
+        ProcessSpec("writer", processes.index_writer(python), env),
+        ProcessSpec("api", processes.api_server(_address(host, port), python), env),
     ]
 
 

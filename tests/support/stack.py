@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from cli import processes
 from cli.redis_server import RedisServer, free_port
 
-PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,20 +52,42 @@ class Stack:
         return process
 
     def start_worker(self, name: str = "embed") -> subprocess.Popen[bytes]:
-        argv = [PYTHON, "-m", "celery", "-A", "workers.app", "worker", "-Q", "embed", "-P", "solo"]
-        return self._spawn(name, [*argv, "-n", f"{name}@%h", "--loglevel", "INFO"])
+        return self._spawn(name, processes.embed_worker(name))
 
     def start_writer(self, name: str = "writer") -> subprocess.Popen[bytes]:
-        return self._spawn(name, [PYTHON, "-m", "workers.writer"])
+        return self._spawn(name, processes.index_writer())
 
     def start_api(self, name: str = "api") -> str:
         port = free_port()
-        argv = [PYTHON, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
-        self._spawn(name, [*argv, "--threads", "8", "api.app:create_app()"])
+        self._spawn(name, processes.api_server(f"127.0.0.1:{port}"))
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _answers(url + "/healthz"), 60, f"{name} did not start")
         self.api_urls.append(url)
         return url
+
+    def running(self, name: str) -> bool:
+        process = self.processes.get(name)
+        return process is not None and process.poll() is None
+
+    def ensure_up(self, worker: bool = True) -> str:
+        """Start whatever an earlier test stopped (Redis, writer, API, worker); the API's URL."""
+        if not self.redis.running:
+            self.start_redis()
+        if not self.running("writer"):
+            self.processes.pop("writer", None)
+            self.start_writer()
+        if not self.running("api"):
+            self.processes.pop("api", None)
+            self.api_urls.clear()
+            self.start_api()
+        if worker and not self.running("embed"):
+            self.processes.pop("embed", None)
+            self.start_worker()
+        return self.api_urls[-1]
+
+    def stop_if_running(self, name: str) -> None:
+        if name in self.processes:
+            self.stop(name)
 
     def wait_ready(self, url: str, timeout: float = 120) -> None:
         wait_until(lambda: _answers(url + "/readyz"), timeout, "the stack did not get ready")

@@ -1,0 +1,24 @@
+"""Each process of the stack, as one command line: `lookalike up`, the test harness and the
+benchmarks run these, and a test holds docker-compose.yml and the Dockerfiles to them."""
+
+from __future__ import annotations
+
+import sys
+
+API_APP = "api.app:create_app()"
+
+
+def embed_worker(name: str = "embed", python: str = sys.executable) -> list[str]:
+    """A model worker on the embed queue; solo pool: one process holds the model."""
+    argv = [python, "-m", "celery", "-A", "workers.app", "worker", "-Q", "embed", "-P", "solo"]
+    return [*argv, "-n", f"{name}@%h", "--loglevel", "INFO"]
+
+
+def index_writer(python: str = sys.executable) -> list[str]:
+    return [python, "-m", "workers.writer"]
+
+
+def api_server(bind: str, python: str = sys.executable) -> list[str]:
+    """One gunicorn process with threads: each process holds its own index replica."""
+    argv = [python, "-m", "gunicorn", "--bind", bind, "--workers", "1", "--threads", "8"]
+    return [*argv, "--timeout", "120", API_APP]
