@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import LookalikeError
+
 COLUMNS = (
     "id",
     "gender",
@@ -28,17 +30,29 @@ class StyleRow:
     metadata: dict[str, str]
 
 
-class StylesError(ValueError):
+class StylesError(LookalikeError, ValueError):
     """styles.csv is not in the expected layout."""
+
+    code = "invalid_styles"
+    http_status = 400
+
+
+def check_header(path: Path) -> None:
+    """Raise StylesError unless the file starts with the expected header."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        _check(path, next(csv.reader(handle), None))
+
+
+def _check(path: Path, header: list[str] | None) -> None:
+    if header is None or [name.strip() for name in header[: len(COLUMNS)]] != list(COLUMNS):
+        raise StylesError(f"{path}: the header must start with {','.join(COLUMNS)}")
 
 
 def read_styles(path: Path) -> Iterator[StyleRow]:
     """Every row, lazily; extra commas belong to the last column (productDisplayName)."""
     with path.open(newline="", encoding="utf-8-sig") as handle:
         rows = csv.reader(handle)
-        header = next(rows, None)
-        if header is None or [name.strip() for name in header[: len(COLUMNS)]] != list(COLUMNS):
-            raise StylesError(f"{path}: the header must start with {','.join(COLUMNS)}")
+        _check(path, next(rows, None))
         last = len(COLUMNS) - 1
         for fields in rows:
             if not fields or fields == [""]:

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from cli.styles import StylesError, count_rows, read_styles
 
 HEADER = (
@@ -51,3 +52,23 @@ def test_wrong_header_is_refused(tmp_path):
     path.write_text("a,b\n1,2\n")
     with pytest.raises(StylesError, match="the header must start with id,gender"):
         list(read_styles(path))
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", "product,name\n1,x\n", "id,gender\n", HEADER.replace("articleType", "type")],
+    ids=["empty", "other-columns", "short", "renamed-column"],
+)
+def test_import_of_a_wrong_styles_file_is_one_clear_error_without_traceback(
+    tmp_path, capsys, content
+):
+    (tmp_path / "styles.csv").write_text(content)
+    # Nothing listens on port 9: the header is refused before the API is asked anything.
+    code = main(["import", str(tmp_path), "--api-url", "http://127.0.0.1:9", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        f"error: {tmp_path / 'styles.csv'}: the header must start with "
+        "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,"
+        "productDisplayName\n"
+    )

@@ -1,0 +1,45 @@
+"""The evaluate report's arithmetic: precision@k per label and per group, and the chance level."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.evaluate import Evaluation, chance_precision
+
+
+def hit(**metadata: str) -> dict:
+    return {"product_id": "x", "score": 1.0, "metadata": metadata}
+
+
+def test_precision_is_the_share_of_neighbours_with_the_same_label():
+    queries = [
+        ({"articleType": "Shirts", "baseColour": "Red"}, [hit(articleType="Shirts"), hit()]),
+        ({"articleType": "Shoes", "baseColour": ""}, [hit(articleType="Shoes")] * 2),
+        ({"articleType": "Shirts"}, []),  # no neighbours: not counted
+    ]
+    report = Evaluation.of(2, "articleType", queries)
+    overall = report.overall()
+    assert report.items == 2
+    assert overall.loc["articleType", "items"] == 2
+    assert overall.loc["articleType", "precision"] == pytest.approx(0.75)
+    assert overall.loc["baseColour", "precision"] == pytest.approx(0.0)
+    assert "subCategory" not in overall.index  # no query carries it
+    groups = report.groups()
+    assert groups.loc["Shirts", "precision"] == pytest.approx(0.5)
+    assert groups.loc["Shoes", "precision"] == pytest.approx(1.0)
+
+
+def test_table_lists_each_label_and_group():
+    report = Evaluation.of(1, "articleType", [({"articleType": "Bags"}, [hit(articleType="Bags")])])
+    lines = report.table().splitlines()
+    assert lines[0] == "precision@1 over 1 indexed items"
+    assert lines[3].split() == ["articleType", "1", "1.000", "0.000"]
+    assert lines[-1].split() == ["Bags", "1", "1.000"]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([], 0.0), (["a"], 0.0), (["a", "a"], 1.0), (["a", "b"], 0.0), (["a", "a", "b", ""], 1 / 3)],
+)
+def test_chance_precision_is_that_of_random_neighbours(values, expected):
+    assert chance_precision(values) == pytest.approx(expected)
