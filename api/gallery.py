@@ -30,7 +30,7 @@ def page(status: int = 200, **context: Any) -> tuple[str, int]:
         "gallery.html",
         choices=choices,
         filters=filters,
-        k=context.pop("k", 5),
+        k=context.pop("k", validation.k(None)),
         k_choices=K_CHOICES,
         count=len(catalog),
         **context,

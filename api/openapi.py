@@ -1,51 +1,82 @@
-"""The OpenAPI 3.1 description of the API (a test checks it against the app's routes)."""
+"""The OpenAPI 3.1 description of the API; its inputs come from the request models."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
+from api.schemas import NeighboursQuery, ProductForm, ProductPageQuery, ProductPath, TaskPath
+
 ERROR = {"$ref": "#/components/schemas/Error"}
-TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
-PRODUCT_ID = {
-    "name": "product_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"},
-}
-K = {"type": "integer", "minimum": 1, "maximum": 100, "default": 5}
+IMAGE_FIELD = {"type": "string", "contentMediaType": "application/octet-stream"}
+
+
+def fields(model: type[BaseModel]) -> tuple[dict[str, Any], list[str]]:
+    """The model's properties (without pydantic's titles) and its required names."""
+    schema = model.model_json_schema()
+    properties = {
+        name: {key: value for key, value in field.items() if key != "title"}
+        for name, field in schema["properties"].items()
+    }
+    return properties, schema.get("required", [])
+
+
+def parameters(model: type[BaseModel], where: str) -> list[dict[str, Any]]:
+    """One parameter per field of the model; path parameters are always required."""
+    properties, required = fields(model)
+    return [
+        {
+            "name": name,
+            "in": where,
+            "required": where == "path" or name in required,
+            "description": schema.get("description", ""),
+            "schema": {key: value for key, value in schema.items() if key != "description"},
+        }
+        for name, schema in properties.items()
+    ]
+
+
+def multipart(model: type[BaseModel]) -> dict[str, Any]:
+    """A form body: the model's fields and the image file."""
+    properties, required = fields(model)
+    schema = {
+        "type": "object",
+        "properties": {"image": IMAGE_FIELD, **properties},
+        "required": ["image", *required],
+    }
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 
 def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+WHY = {
+    400: "a parameter or field breaks its schema, or the image cannot be read",
+    401: "missing or wrong X-API-Key",
+    404: "unknown product or task, or no image yet",
+    409: "the product is not indexed yet",
+    413: "the image is too large",
+    415: "the image format is not supported",
+}
+
+
 def errors(*statuses: int) -> dict[str, Any]:
-    return {str(status): json_body(ERROR, "error") for status in statuses}
+    return {str(status): json_body(ERROR, WHY[status]) for status in statuses}
 
 
 def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def multipart(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    schema = {"type": "object", "properties": properties, "required": required}
-    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
-
-
-IMAGE_FIELD = {"type": "string", "contentMediaType": "application/octet-stream"}
+PRODUCT_ID = parameters(ProductPath, "path")
 
 PATHS: dict[str, Any] = {
     "/api/v1/products": {
         "post": {
             "summary": "Add or replace a product: queues its image for embedding",
-            "requestBody": multipart(
-                {
-                    "image": IMAGE_FIELD,
-                    "product_id": {"type": "string"},
-                    "metadata": {"type": "string", "description": "a JSON object"},
-                },
-                ["image", "product_id"],
-            ),
+            "requestBody": multipart(ProductForm),
             "responses": {
                 "202": json_body(ref("Accepted"), "queued"),
                 **errors(400, 401, 413, 415),
@@ -53,55 +84,53 @@ PATHS: dict[str, Any] = {
         },
         "get": {
             "summary": "A page of products; pass next_cursor back until it is null",
-            "parameters": [
-                {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 5000}},
-            ],
+            "parameters": parameters(ProductPageQuery, "query"),
             "responses": {"200": json_body(ref("ProductPage"), "products"), **errors(400)},
         },
     },
     "/api/v1/products/{product_id}": {
-        "parameters": [PRODUCT_ID],
+        "parameters": PRODUCT_ID,
         "get": {
             "summary": "A product's record",
-            "responses": {"200": json_body(ref("Product"), "the product"), **errors(404)},
+            "responses": {"200": json_body(ref("Product"), "the product"), **errors(400, 404)},
         },
         "delete": {
             "summary": "Remove a product from the index and from results",
-            "responses": {"204": {"description": "deleted"}, **errors(401, 404)},
+            "responses": {"204": {"description": "deleted"}, **errors(400, 401, 404)},
         },
     },
     "/api/v1/products/{product_id}/similar": {
-        "parameters": [PRODUCT_ID],
+        "parameters": PRODUCT_ID,
         "get": {
             "summary": "The k most similar products; other query parameters filter metadata",
-            "parameters": [{"name": "k", "in": "query", "schema": K}],
+            "parameters": parameters(NeighboursQuery, "query"),
             "responses": {"200": json_body(ref("Results"), "neighbours"), **errors(400, 404, 409)},
         },
     },
     "/api/v1/products/{product_id}/image": {
-        "parameters": [PRODUCT_ID],
+        "parameters": PRODUCT_ID,
         "get": {
             "summary": "A JPEG thumbnail of the product image",
             "responses": {
                 "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
-                **errors(404),
+                **errors(400, 404),
             },
         },
     },
     "/api/v1/search": {
         "post": {
             "summary": "Products similar to an uploaded image; other form fields filter metadata",
-            "requestBody": multipart({"image": IMAGE_FIELD, "k": K}, ["image"]),
+            "requestBody": multipart(NeighboursQuery),
             "responses": {
                 "200": json_body(ref("Results"), "neighbours"),
                 "202": json_body(ref("Accepted"), "still embedding: poll the task"),
-                **errors(400, 413, 415, 422),
+                "422": json_body(ref("TaskFailed"), "the image could not be embedded"),
+                **errors(400, 401, 413, 415),
             },
         }
     },
     "/api/v1/tasks/{task_id}": {
-        "parameters": [TASK_ID],
+        "parameters": parameters(TaskPath, "path"),
         "get": {
             "summary": "A task's state, and its result or error",
             "responses": {"200": json_body(ref("Task"), "the task"), **errors(404)},
@@ -131,16 +160,20 @@ HIT = {
     },
 }
 SCHEMAS: dict[str, Any] = {
+    "ErrorBody": {
+        "type": "object",
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        "required": ["code", "message"],
+    },
     "Error": {
         "type": "object",
-        "properties": {
-            "error": {
-                "type": "object",
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                "required": ["code", "message"],
-            }
-        },
+        "properties": {"error": ref("ErrorBody")},
         "required": ["error"],
+    },
+    "TaskFailed": {
+        "type": "object",
+        "properties": {"error": ref("ErrorBody"), "task_id": {"type": "string"}},
+        "required": ["error", "task_id"],
     },
     "Accepted": {
         "type": "object",
@@ -160,6 +193,7 @@ SCHEMAS: dict[str, Any] = {
             "image_sha256": {"type": ["string", "null"]},
             "model_id": {"type": ["string", "null"]},
             "pending_task": {"type": ["string", "null"]},
+            "updated_at": {"type": "number", "description": "Unix time"},
             "image_url": {"type": "string"},
             "similar_url": {"type": "string"},
         },
@@ -168,7 +202,7 @@ SCHEMAS: dict[str, Any] = {
     "ProductPage": {
         "type": "object",
         "properties": {
-            "products": {"type": "array", "items": {"$ref": "#/components/schemas/Product"}},
+            "products": {"type": "array", "items": ref("Product")},
             "next_cursor": {"type": ["integer", "null"]},
             "total": {"type": "integer"},
         },
@@ -176,8 +210,14 @@ SCHEMAS: dict[str, Any] = {
     },
     "Results": {
         "type": "object",
-        "properties": {"k": K, "results": {"type": "array", "items": HIT}},
-        "required": ["results"],
+        "properties": {
+            "product_id": {"type": "string", "description": "GET .../similar: the query product"},
+            "task_id": {"type": "string", "description": "POST /search: the search task"},
+            "k": {"type": "integer"},
+            "filters": {"type": "object", "additionalProperties": {"type": "string"}},
+            "results": {"type": "array", "items": HIT},
+        },
+        "required": ["k", "filters", "results"],
     },
     "Task": {
         "type": "object",
@@ -186,15 +226,18 @@ SCHEMAS: dict[str, Any] = {
             "kind": {"enum": ["index", "search", "delete"]},
             "state": {"enum": ["queued", "running", "succeeded", "failed"]},
             "product_id": {"type": ["string", "null"]},
-            "error": {"type": "object"},
+            "created_at": {"type": "number"},
+            "updated_at": {"type": "number"},
+            "error": ref("ErrorBody"),
             "result": {"type": "object"},
         },
-        "required": ["task_id", "kind", "state"],
+        "required": ["task_id", "kind", "state", "created_at", "updated_at"],
     },
 }
 
 
 def openapi_document() -> dict[str, Any]:
+    """The whole document, as /api/v1/openapi.json serves it."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "lookalike", "version": "1"},

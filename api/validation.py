@@ -1,31 +1,49 @@
-"""Checks of client input; each failure is a BadRequest with a message that says what is wrong."""
+"""Checks of client input through the request models; each failure is a BadRequest that says why."""
 
 from __future__ import annotations
 
 import json
-import re
+from functools import cache
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from werkzeug.datastructures import FileStorage
 
 from api.errors import BadRequest
+from api.schemas import NeighboursQuery, ProductForm, ProductPageQuery
 from shared.errors import ImageTooLarge
 from shared.images import open_image
 from shared.settings import Settings
 
-PRODUCT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-MAX_K = 100
+
+def parsed(model: type[BaseModel], name: str, raw: str | None) -> Any:
+    """One field of the model from request text; absent or empty text gives its default."""
+    data = {} if raw is None or raw == "" else {name: raw}
+    return getattr(model.model_validate(data), name)
+
+
+@cache
+def constraints(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """The field's JSON schema, the one the OpenAPI document shows: what messages quote."""
+    properties: dict[str, Any] = model.model_json_schema()["properties"]
+    return properties[name]
+
+
+def not_in_range(model: type[BaseModel], name: str, got: object) -> BadRequest:
+    field = constraints(model, name)
+    bounds = f"from {field['minimum']} to {field['maximum']}"
+    return BadRequest(f"{name} must be an integer {bounds}, got {got!r}")
 
 
 def product_id(value: str | None) -> str:
-    if not value:
-        raise BadRequest("missing field product_id")
-    if not PRODUCT_ID.fullmatch(value):
-        raise BadRequest(
-            "invalid product_id: use 1-128 characters of A-Z a-z 0-9 . _ : -, "
-            "starting with a letter or digit"
-        )
-    return value
+    try:
+        result: str = parsed(ProductForm, "product_id", value)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "missing":
+            raise BadRequest("missing field product_id") from None
+        rule = constraints(ProductForm, "product_id")["description"]
+        raise BadRequest(f"invalid product_id: use {rule}") from None
+    return result
 
 
 def metadata(raw: str | None, settings: Settings) -> dict[str, Any]:
@@ -53,36 +71,33 @@ def image(upload: FileStorage | None, settings: Settings) -> bytes:
     return data
 
 
-def k(raw: str | None, default: int = 5) -> int:
-    if raw is None or raw == "":
-        return default
+def k(raw: str | None) -> int:
+    """k from text; out of range, the message shows the number, otherwise the text."""
     try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"k must be an integer from 1 to {MAX_K}, got {raw!r}") from None
-    if not 1 <= value <= MAX_K:
-        raise BadRequest(f"k must be an integer from 1 to {MAX_K}, got {value}")
-    return value
+        result: int = parsed(NeighboursQuery, "k", raw)
+    except ValidationError as exc:
+        raise not_in_range(NeighboursQuery, "k", exc.errors()[0]["input"]) from None
+    return result
 
 
 def cursor(raw: str | None) -> int:
     try:
-        value = int(raw or 0)
-    except ValueError:
+        result: int = parsed(ProductPageQuery, "cursor", raw)
+    except ValidationError:
         raise BadRequest(f"cursor must be a cursor from next_cursor, got {raw!r}") from None
-    if value < 0:
-        raise BadRequest(f"cursor must be a cursor from next_cursor, got {raw!r}")
-    return value
+    return result
 
 
-def limit(raw: str | None, default: int = 500, most: int = 5000) -> int:
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
-        raise BadRequest(f"limit must be an integer from 1 to {most}, got {raw!r}")
-    return int(raw)
+def limit(raw: str | None) -> int:
+    try:
+        result: int = parsed(ProductPageQuery, "limit", raw)
+    except ValidationError:
+        raise not_in_range(ProductPageQuery, "limit", raw) from None
+    return result
 
 
-def filters(args: Any, reserved: tuple[str, ...] = ("k",)) -> dict[str, str]:
+def filters(
+    args: Any, reserved: tuple[str, ...] = tuple(NeighboursQuery.model_fields)
+) -> dict[str, str]:
     """Exact-match metadata filters: every query parameter that is not one of ours."""
     return {key: value for key, value in args.items() if key not in reserved}

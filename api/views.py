@@ -27,6 +27,14 @@ def require_api_key() -> None:
             raise Unauthorized("missing or wrong API key: send it in the X-API-Key header")
 
 
+@v1.before_request
+def check_path() -> None:
+    """A product_id in the path obeys the rules of the form field (after the API key check)."""
+    product_id = (request.view_args or {}).get("product_id")
+    if product_id is not None:
+        validation.product_id(product_id)
+
+
 def accepted(task_id: str, **extra: Any) -> tuple[Response, int, dict[str, str]]:
     status_url = url_for("v1.get_task", task_id=task_id)
     body = jsonify(task_id=task_id, status_url=status_url, **extra)

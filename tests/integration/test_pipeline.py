@@ -102,6 +102,26 @@ def test_near_duplicate_is_found_top1_by_search(api, catalog):
     assert response.json()["results"][0]["product_id"] == "p9"
 
 
+def test_search_whose_image_the_worker_refuses_is_422(stack, api, catalog):
+    stack.stop("embed")
+    stack.start_worker(max_image_pixels=1000)  # stricter than the API: it refuses at embed time
+    try:
+        files = {"image": ("query.jpg", product_image(3), "image/jpeg")}
+        response = requests.post(f"{api}/api/v1/search", files=files, timeout=60)
+    finally:
+        stack.stop("embed")
+        stack.start_worker()
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == {
+        "code": "image_too_large",
+        "message": "image too large: 240x320 is 76800 pixels, the limit is 1000",
+    }
+    assert requests.get(f"{api}/api/v1/tasks/{body['task_id']}", timeout=10).json()["state"] == (
+        "failed"
+    )
+
+
 @pytest.mark.parametrize(
     ("data", "files", "status", "error"),
     [

@@ -42,17 +42,21 @@ class Stack:
         self.redis.start()
         self.env["LOOKALIKE_REDIS_URL"] = self.redis.url
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            argv, env={**self.env, **(env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str = "embed") -> subprocess.Popen[bytes]:
-        return self._spawn(name, processes.embed_worker(name))
+    def start_worker(self, name: str = "embed", **settings: Any) -> subprocess.Popen[bytes]:
+        """An embed worker; keyword arguments override its settings (LOOKALIKE_<NAME>)."""
+        env = {f"LOOKALIKE_{key.upper()}": str(value) for key, value in settings.items()}
+        return self._spawn(name, processes.embed_worker(name), env)
 
     def start_writer(self, name: str = "writer") -> subprocess.Popen[bytes]:
         return self._spawn(name, processes.index_writer())

@@ -4,47 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import re
-from collections.abc import Iterator
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from api.app import create_app
-from cli.redis_server import RedisServer
-from shared.settings import Settings
 from tests.support.images import encode, pattern
 
 JPEG = encode(pattern(64, 48, seed=1), "JPEG")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
-        yield server
-
-
-@pytest.fixture
-def app(redis_server, tmp_path) -> Iterator[Flask]:
-    redis_server_client = __import__("redis").Redis.from_url(redis_server.url)
-    redis_server_client.flushall()
-    settings = Settings(
-        redis_url=redis_server.url,
-        data_dir=tmp_path,
-        max_image_bytes=50_000,
-        max_image_pixels=1_000_000,
-        search_wait=0.2,
-    )
-    app = create_app(settings)
-    yield app
-    app.extensions["lookalike"].replica.stop()
-
-
-@pytest.fixture
-def client(app) -> FlaskClient:
-    return app.test_client()
 
 
 def post(client: FlaskClient, image: bytes | None = JPEG, **form: str):
@@ -182,22 +149,6 @@ def test_metrics_count_requests_tasks_and_queue_depth(client):
     assert f"{posts} 2.0" in text
 
 
-def test_openapi_documents_exactly_the_routes_of_the_app(app, client):
-    document = client.get("/api/v1/openapi.json").get_json()
-    assert document["openapi"] == "3.1.0"
-    routes = {}
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static" or rule.endpoint.startswith("gallery."):
-            continue  # HTML pages, not the API
-        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
-        routes.setdefault(path, set()).update(rule.methods - {"HEAD", "OPTIONS"})
-    documented = {
-        path: {method.upper() for method in item if method != "parameters"}
-        for path, item in document["paths"].items()
-    }
-    assert documented == routes
-
-
 def test_products_are_listed_page_by_page(client):
     for n in range(7):
         post(client, product_id=f"l{n}")
@@ -218,10 +169,8 @@ def test_bad_listing_limit_is_400(client):
     assert error_of(response)["message"] == "limit must be an integer from 1 to 5000, got '0'"
 
 
-def test_api_key_is_required_for_changes_when_set(redis_server, tmp_path):
-    settings = Settings(redis_url=redis_server.url, data_dir=tmp_path, api_key="s3cret")
-    app = create_app(settings)
-    try:
+def test_api_key_is_required_for_changes_when_set(launch):
+    with launch(api_key="s3cret") as app:
         client = app.test_client()
         response = post(client, product_id="locked")
         assert response.status_code == 401
@@ -233,8 +182,6 @@ def test_api_key_is_required_for_changes_when_set(redis_server, tmp_path):
         data = {"product_id": "locked", "image": (io.BytesIO(JPEG), "x.jpg")}
         accepted = client.post("/api/v1/products", data=data, headers={"X-API-Key": "s3cret"})
         assert accepted.status_code == 202
-    finally:
-        app.extensions["lookalike"].replica.stop()
 
 
 def test_the_api_never_imports_tensorflow_or_worker_code():
