@@ -21,7 +21,8 @@ def healthz() -> Any:
 def readyz() -> Any:
     checks = current_services().readiness()
     ready = not any(isinstance(value, str) for value in checks.values())  # failures are reasons
-    return jsonify(ready=ready, checks=checks), 200 if ready else 503
+    body = {"ready": ready, "checks": checks, **current_services().index_model()}
+    return jsonify(body), 200 if ready else 503
 
 
 @health.get("/metrics")

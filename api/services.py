@@ -16,6 +16,7 @@ from api.replica import Replica
 from shared import keys
 from shared.errors import LookalikeError, ModelMismatch
 from shared.journal import delete_entry
+from shared.model_id import RANDOM_MODEL_NOTICE, is_random_model
 from shared.queue import BULK_PRIORITY, SEARCH_PRIORITY, make_celery, send_embed
 from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, connect, failure
 from shared.settings import Settings
@@ -164,6 +165,18 @@ class Services:
         checks["replica"] = self.replica.loaded.is_set() or "not loaded yet"
         checks["embed_workers"] = self._embed_workers() or "no embed worker answered"
         return checks
+
+    def index_model(self) -> dict[str, str | None]:
+        """The index's model id and, for the demo's random weights, a notice that says so."""
+        try:
+            raw = self.redis.get(keys.INDEX_MODEL)
+        except redis.RedisError:
+            raw = None
+        model = raw.decode() if isinstance(raw, bytes) else self.replica.catalog.model_id
+        return {
+            "model_id": model,
+            "notice": RANDOM_MODEL_NOTICE if is_random_model(model) else None,
+        }
 
     def _embed_workers(self) -> int:
         try:

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from shared.settings import Settings
-from tests.support.random_weights import write_random_weights
 from workers.embedder import Embedder
+from workers.weights import write_random_weights
 
 
 def make_jpegs(count: int, width: int, height: int) -> list[bytes]:

@@ -28,7 +28,7 @@ from cli.stack import stack_specs
 from cli.supervisor import Supervisor
 from shared import keys
 from shared.settings import Settings
-from tests.support.random_weights import write_random_weights
+from workers.weights import write_random_weights
 
 IMPORT = """
 import json, resource, sys, time

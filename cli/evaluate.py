@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -13,6 +14,8 @@ from tqdm import tqdm
 from cli.client import ApiClient, ApiError
 
 LABELS = ("articleType", "subCategory", "masterCategory", "baseColour")
+Product = dict[str, Any]
+Hits = list[dict[str, Any]]
 
 
 @dataclass
@@ -22,16 +25,22 @@ class Evaluation:
     k: int
     by: str
     rows: pd.DataFrame
-    chance: dict[str, float]
+    hits: dict[str, Hits] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)
+    catalog_size: int = 0
+    sampled: bool = False
 
     @classmethod
-    def of(
-        cls, k: int, by: str, queries: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]]
-    ) -> Evaluation:
-        labels = sorted({*LABELS, by})
-        records = [_precisions(metadata, hits, labels) for metadata, hits in queries if hits]
-        rows = pd.DataFrame.from_records(records, columns=[*labels, *map(_hit_column, labels)])
-        return cls(k, by, rows, {})
+    def of(cls, k: int, by: str, queries: Iterable[tuple[Product, Hits]]) -> Evaluation:
+        labels = _labels(by)
+        records, hits = [], {}
+        for product, found in queries:
+            if found:
+                records.append(_precisions(product, found, labels))
+                hits[product["product_id"]] = found
+        columns = ["product_id", *labels, *map(hit_column, labels)]
+        rows = pd.DataFrame.from_records(records, columns=columns)
+        return cls(k, by, rows, hits, catalog_size=len(records))
 
     @property
     def items(self) -> int:
@@ -39,11 +48,11 @@ class Evaluation:
 
     def overall(self) -> pd.DataFrame:
         """Per label: items that carry it, mean precision and the chance level."""
-        labels = sorted({*LABELS, self.by})
+        labels = _labels(self.by)
         table = pd.DataFrame(
             {
-                "items": [int(self.rows[_hit_column(label)].count()) for label in labels],
-                "precision": [self.rows[_hit_column(label)].mean() for label in labels],
+                "items": [int(self.rows[hit_column(label)].count()) for label in labels],
+                "precision": [self.rows[hit_column(label)].mean() for label in labels],
                 "chance": [self.chance.get(label, 0.0) for label in labels],
             },
             index=labels,
@@ -52,13 +61,29 @@ class Evaluation:
 
     def groups(self) -> pd.DataFrame:
         """Per value of `by`: items and mean precision of that label, largest groups first."""
-        column = _hit_column(self.by)
+        column = hit_column(self.by)
         rated = self.rows[self.rows[column].notna()]
         grouped = rated.groupby(self.by)[column].agg(items="count", precision="mean")
         return grouped.sort_values(["items"], ascending=False, kind="stable")
 
+    def worst(self, n: int) -> list[str]:
+        """The n queries whose neighbours least often share their `by` label, the most
+        confidently wrong first (highest top score)."""
+        rated = self.rows[self.rows[hit_column(self.by)].notna()].copy()
+        rated["top"] = [self.hits[pid][0]["score"] for pid in rated["product_id"]]
+        ranked = rated.sort_values([hit_column(self.by), "top"], ascending=[True, False])
+        return list(ranked["product_id"][:n])
+
+    def heading(self) -> str:
+        if self.sampled:
+            return (
+                f"precision@{self.k} over {self.items} of {self.catalog_size} indexed items "
+                "(a random sample)"
+            )
+        return f"precision@{self.k} over {self.items} indexed items"
+
     def table(self) -> str:
-        lines = [f"precision@{self.k} over {self.items} indexed items", ""]
+        lines = [self.heading(), ""]
         lines.append(f"{'label':<16}{'items':>8}{'precision':>11}{'chance':>9}")
         for label, row in self.overall().iterrows():
             lines.append(
@@ -70,22 +95,25 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def _hit_column(label: str) -> str:
+def hit_column(label: str) -> str:
     return f"precision:{label}"
 
 
-def _precisions(
-    metadata: dict[str, Any], hits: list[dict[str, Any]], labels: list[str]
-) -> dict[str, Any]:
+def _labels(by: str) -> list[str]:
+    return sorted({*LABELS, by})
+
+
+def _precisions(product: Product, hits: Hits, labels: list[str]) -> dict[str, Any]:
     """The query's labels and, where it has a label, the share of hits with the same value."""
-    row: dict[str, Any] = {}
+    row: dict[str, Any] = {"product_id": product["product_id"]}
+    metadata = product["metadata"]
     for label in labels:
         value = metadata.get(label)
         if value in (None, ""):
-            row[label], row[_hit_column(label)] = None, None
+            row[label], row[hit_column(label)] = None, None
             continue
         row[label] = str(value)
-        row[_hit_column(label)] = sum(h["metadata"].get(label) == value for h in hits) / len(hits)
+        row[hit_column(label)] = sum(h["metadata"].get(label) == value for h in hits) / len(hits)
     return row
 
 
@@ -99,21 +127,32 @@ def chance_precision(values: Iterable[str]) -> float:
 
 
 def evaluate(
-    client: ApiClient, k: int, by: str, concurrency: int = 8, progress: bool = True
+    client: ApiClient,
+    k: int,
+    by: str,
+    concurrency: int = 8,
+    progress: bool = True,
+    sample: int = 0,
+    seed: int = 0,
 ) -> Evaluation:
+    """Query the neighbours of every indexed product, or of `sample` of them drawn at random."""
     products = [product for product in client.products() if product["indexed"]]
+    queries = products
+    if 0 < sample < len(products):
+        queries = random.Random(seed).sample(products, sample)
 
-    def neighbours(product: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def neighbours(product: Product) -> tuple[Product, Hits]:
         try:
             body = client.get(f"/api/v1/products/{product['product_id']}/similar", k=k)
         except ApiError:  # deleted or re-posted meanwhile: not part of this report
-            return product["metadata"], []
-        return product["metadata"], body["results"]
+            return product, []
+        return product, body["results"]
 
     with ThreadPoolExecutor(concurrency) as pool:
-        results = pool.map(neighbours, products)
-        report = Evaluation.of(k, by, tqdm(results, total=len(products), disable=not progress))
-    for label in {*LABELS, by}:
+        results = pool.map(neighbours, queries)
+        report = Evaluation.of(k, by, tqdm(results, total=len(queries), disable=not progress))
+    report.catalog_size, report.sampled = len(products), queries is not products
+    for label in _labels(by):
         report.chance[label] = chance_precision(
             str(product["metadata"].get(label) or "") for product in products
         )

@@ -12,7 +12,8 @@ from typing import Any
 from cli import processes
 from cli.redis_server import RedisServer, free_port, port_is_free
 from cli.supervisor import OWN_LABEL, ProcessSpec, Supervisor
-from shared.errors import LookalikeError
+from shared.errors import LookalikeError, WeightsUnavailable
+from shared.model_id import IMAGENET_NOTOP_FILE
 from shared.settings import Settings
 
 PORT_FILE = "port"
@@ -41,7 +42,9 @@ def stack_specs(settings: Settings, redis_url: str, host: str, port: int) -> lis
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "LOOKALIKE_REDIS_URL": redis_url,
         "LOOKALIKE_DATA_DIR": str(settings.data_dir.resolve()),
+        "LOOKALIKE_WEIGHTS": settings.weights,
         "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
     return [
         # Celery's warm shutdown finishes the batch in hand; a SIGKILL only gets it redelivered.
@@ -51,12 +54,39 @@ def stack_specs(settings: Settings, redis_url: str, host: str, port: int) -> lis
     ]
 
 
+def choose_weights(settings: Settings, demo: bool) -> tuple[Settings, str | None]:
+    """The settings the stack runs with, and a notice when the demo falls back to random weights.
+
+    The weights are fetched (or found) here, before anything starts, so that a stack without its
+    model fails at once with one message instead of leaving a worker that cannot start.
+    """
+    from workers.weights import resolve_weights
+
+    try:
+        resolve_weights(settings)
+        return settings, None
+    except WeightsUnavailable as exc:
+        if not (demo and settings.weights == "imagenet"):
+            raise
+        reason = exc.message.split(". ", 1)[0]
+    fallback = settings.model_copy(update={"weights": "random"})
+    resolve_weights(fallback)
+    return fallback, (
+        f"{reason}: the demo runs on a seeded random model instead. "
+        f"For real recommendations copy {IMAGENET_NOTOP_FILE} to this machine, set "
+        "LOOKALIKE_WEIGHTS to its path and use a new LOOKALIKE_DATA_DIR."
+    )
+
+
 def run_stack(settings: Settings, host: str, port: int, demo: int = 0) -> int:
     """Run the whole stack until SIGINT/SIGTERM or a process fails; the exit code.
 
     With demo > 0, once the stack is ready a demo catalog of that many items is written (once)
     into the data directory and imported, and the gallery's address is printed.
     """
+    settings, notice = choose_weights(settings, demo > 0)
+    if notice:
+        print(f"{OWN_LABEL} | {notice}", flush=True)
     server: RedisServer | None = None
     if settings.redis_url is None:
         server = start_embedded_redis(settings)

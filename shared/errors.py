@@ -74,3 +74,8 @@ class RedisUnavailable(LookalikeError):
 
     code = "redis_unavailable"
     http_status = 503
+
+
+# EX_CONFIG from sysexits.h: a process that cannot run as configured (no model weights, say)
+# exits with it, and a supervisor must not restart it.
+EXIT_CONFIG = 78

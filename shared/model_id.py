@@ -6,29 +6,18 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from shared.errors import WeightsUnavailable
 from shared.settings import Settings
 
 ARCHITECTURE = "resnet50"
 EMBEDDING_DIM = 2048
 PREPROCESSING = "caffe"  # keras.applications.resnet50.preprocess_input: RGB->BGR, mean subtracted
-
-# Keras checks the downloaded ImageNet file against this digest, so it names those weights.
 IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_NOTOP_MD5 = "a268eb855778b3df3c7506639542a6af"
-
-
-def weights_path(weights: str) -> Path | None:
-    """The local weights file, or None for Keras' own ImageNet download."""
-    if weights == "imagenet":
-        return None
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsUnavailable(
-            f"weights file not found: {path} (LOOKALIKE_WEIGHTS must be 'imagenet' "
-            "or the path to a Keras ResNet50 no-top weights file)"
-        )
-    return path
+RANDOM_WEIGHTS = "wrandom-"
+RANDOM_MODEL_NOTICE = (
+    "demo model: seeded random weights, not ImageNet, so neighbours show how the service works, "
+    "not visual similarity. For real recommendations set LOOKALIKE_WEIGHTS to "
+    f"{IMAGENET_NOTOP_FILE} (see the README, Model weights) and use a new data directory."
+)
 
 
 @lru_cache(maxsize=8)
@@ -40,24 +29,27 @@ def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def weights_digest(weights: str) -> str:
-    """A short digest naming the weights: of the file's bytes, or of Keras' ImageNet file."""
-    path = weights_path(weights)
-    if path is None:
-        return f"imagenet-{IMAGENET_NOTOP_MD5[:12]}"
+def weights_digest(path: Path) -> str:
+    """A short digest of the weights file's bytes: the same file anywhere, the same name."""
     stat = path.stat()
     return _file_digest(path.resolve(), stat.st_size, stat.st_mtime_ns)[:16]
 
 
-def model_id(settings: Settings) -> str:
+def model_id(settings: Settings, weights_file: Path, random: bool = False) -> str:
     """e.g. resnet50-max-w3f2a...-224nearest-caffe-float32; changes when any part changes."""
+    weights = (RANDOM_WEIGHTS if random else "w") + weights_digest(weights_file)
     return "-".join(
         [
             ARCHITECTURE,
             settings.pooling,
-            "w" + weights_digest(settings.weights),
+            weights,
             f"{settings.image_size}{settings.interpolation}",
             PREPROCESSING,
             settings.precision,
         ]
     )
+
+
+def is_random_model(model: str | None) -> bool:
+    """Whether vectors of this model id come from the demo's random weights."""
+    return model is not None and f"-{RANDOM_WEIGHTS}" in model

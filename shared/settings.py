@@ -32,7 +32,9 @@ class Settings(BaseSettings):
 
     # The embedding model.
     weights: str = Field(
-        "imagenet", description="'imagenet' (Keras download/cache) or a path to a weights file."
+        "imagenet",
+        description="'imagenet' (Keras download/cache), a weights file's path, or 'random' "
+        "(a seeded random model for demos, written once under data_dir/weights).",
     )
     pooling: Pooling = Field("max", description="Global pooling after ResNet50: max or avg.")
     precision: Precision = Field("float32", description="Compute precision; output is float32.")

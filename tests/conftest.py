@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tests.support.random_weights import write_random_weights
+from workers.weights import write_random_weights
 
 CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "weights"
 

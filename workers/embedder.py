@@ -6,14 +6,16 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shared.errors import WeightsUnavailable
 from shared.images import ImageDecoder
-from shared.model_id import EMBEDDING_DIM, IMAGENET_NOTOP_FILE, model_id, weights_path
+from shared.model_id import EMBEDDING_DIM, model_id
 from shared.settings import Settings
+from workers.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -22,35 +24,25 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 KERAS_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
-def build_model(settings: Settings) -> Any:
+def build_model(settings: Settings, weights: Path) -> Any:
     """ResNet50(include_top=False) with global pooling, in the configured precision."""
     import keras
 
-    path = weights_path(settings.weights)
-    weights = "imagenet" if path is None else str(path)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(KERAS_POLICIES[settings.precision])
     try:
         return keras.applications.ResNet50(
             include_top=False,
-            weights=weights,
+            weights=str(weights),
             input_shape=(settings.image_size, settings.image_size, 3),
             pooling=settings.pooling,
         )
     except Exception as exc:
-        raise WeightsUnavailable(_weights_error(weights, exc)) from exc
+        raise WeightsUnavailable(
+            f"could not load weights from {weights}: not a Keras ResNet50 no-top file ({exc})"
+        ) from exc
     finally:
         keras.mixed_precision.set_global_policy(previous)
-
-
-def _weights_error(weights: str, exc: Exception) -> str:
-    if weights == "imagenet":
-        return (
-            f"could not load the ImageNet weights ({exc}). Without internet access, copy "
-            f"{IMAGENET_NOTOP_FILE} (from the Keras applications release) to this machine "
-            "and set LOOKALIKE_WEIGHTS to its path."
-        )
-    return f"could not load weights from {weights}: not a Keras ResNet50 no-top file ({exc})"
 
 
 class Embedder:
@@ -62,7 +54,8 @@ class Embedder:
         import tensorflow as tf
 
         self.settings = settings
-        self.model_id = model_id(settings)
+        weights = resolve_weights(settings)
+        self.model_id = model_id(settings, weights.path, weights.random)
         self.batch_size = settings.batch_size
         self.forward_passes = 0
         self.decoder = ImageDecoder(
@@ -72,7 +65,7 @@ class Embedder:
             settings.decode_threads,
         )
         started = time.perf_counter()
-        self._model = build_model(settings)
+        self._model = build_model(settings, weights.path)
         side = settings.image_size
         mean = tf.constant(CAFFE_BGR_MEAN, dtype=tf.float32)
         model = self._model

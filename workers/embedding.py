@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,7 +16,7 @@ from celery.signals import worker_init
 from celery_batches import Batches, SimpleRequest
 
 from shared import keys
-from shared.errors import LookalikeError
+from shared.errors import EXIT_CONFIG, LookalikeError, WeightsUnavailable
 from shared.images import make_thumbnail
 from shared.index import unusable_reason
 from shared.journal import upsert_entry
@@ -47,8 +48,17 @@ def tasks() -> TaskStore:
 
 @worker_init.connect
 def load_model(**_: Any) -> None:
-    """Build the model before consuming, so a worker that answers pings can embed at once."""
-    get_embedder(settings)
+    """Build the model before consuming, so a worker that answers pings can embed at once.
+
+    A worker without its model must not run: it would take tasks it cannot do. Celery logs and
+    ignores exceptions raised here, so it says why in one line and exits.
+    """
+    try:
+        get_embedder(settings)
+    except WeightsUnavailable as exc:
+        log.critical("the embed worker cannot start: %s", exc.message)
+        logging.shutdown()
+        os._exit(EXIT_CONFIG)
 
 
 @celery_app.task(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shared.errors import NotAnImage, WeightsUnavailable
-from shared.model_id import model_id
+from shared.model_id import is_random_model, model_id
 from shared.settings import Settings
 from tests.support.images import varied_images
 from workers.embedder import Embedder, get_embedder
@@ -112,22 +112,25 @@ def test_model_id_changes_with_weights_pooling_precision_and_preprocessing(weigh
     other_weights = tmp_path / "copy.h5"
     other_weights.write_bytes(weights_file.read_bytes() + b"\0")
     variants = [
-        base,
-        Settings(weights=str(other_weights)),
-        Settings(weights=str(weights_file), pooling="avg"),
-        Settings(weights=str(weights_file), precision="bfloat16"),
-        Settings(weights=str(weights_file), interpolation="bilinear"),
+        (base, weights_file),
+        (base, other_weights),
+        (Settings(weights=str(weights_file), pooling="avg"), weights_file),
+        (Settings(weights=str(weights_file), precision="bfloat16"), weights_file),
+        (Settings(weights=str(weights_file), interpolation="bilinear"), weights_file),
     ]
-    assert len({model_id(variant) for variant in variants}) == len(variants)
-    assert model_id(base).startswith("resnet50-max-w")
+    ids = {model_id(settings, path) for settings, path in variants}
+    assert len(ids) == len(variants)
+    assert model_id(base, weights_file).startswith("resnet50-max-w")
+    assert not is_random_model(model_id(base, weights_file))
+    assert is_random_model(model_id(base, weights_file, random=True))
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(WeightsUnavailable) as error:
         Embedder(Settings(weights=str(tmp_path / "nope.h5")))
     assert error.value.message == (
-        f"weights file not found: {tmp_path / 'nope.h5'} (LOOKALIKE_WEIGHTS must be 'imagenet' "
-        "or the path to a Keras ResNet50 no-top weights file)"
+        f"weights file not found: {tmp_path / 'nope.h5'} (LOOKALIKE_WEIGHTS must be 'imagenet', "
+        "'random' or the path to a Keras ResNet50 no-top weights file)"
     )
 
 
@@ -142,9 +145,9 @@ def test_imagenet_offline_says_how_to_use_a_local_file(tmp_path, monkeypatch):
     # KERAS_HOME empty: Keras must download, and this machine (like CI) has no route out.
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     code = (
-        "from workers.embedder import build_model\n"
+        "from workers.weights import resolve_weights\n"
         "from shared.settings import Settings\n"
-        "build_model(Settings(weights='imagenet'))\n"
+        "resolve_weights(Settings(weights='imagenet'))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False

@@ -7,15 +7,19 @@ import pytest
 from cli.evaluate import Evaluation, chance_precision
 
 
-def hit(**metadata: str) -> dict:
-    return {"product_id": "x", "score": 1.0, "metadata": metadata}
+def hit(score: float = 1.0, **metadata: str) -> dict:
+    return {"product_id": "x", "score": score, "metadata": metadata}
+
+
+def product(product_id: str, **metadata: str) -> dict:
+    return {"product_id": product_id, "metadata": metadata}
 
 
 def test_precision_is_the_share_of_neighbours_with_the_same_label():
     queries = [
-        ({"articleType": "Shirts", "baseColour": "Red"}, [hit(articleType="Shirts"), hit()]),
-        ({"articleType": "Shoes", "baseColour": ""}, [hit(articleType="Shoes")] * 2),
-        ({"articleType": "Shirts"}, []),  # no neighbours: not counted
+        (product("a", articleType="Shirts", baseColour="Red"), [hit(articleType="Shirts"), hit()]),
+        (product("b", articleType="Shoes", baseColour=""), [hit(articleType="Shoes")] * 2),
+        (product("c", articleType="Shirts"), []),  # no neighbours: not counted
     ]
     report = Evaluation.of(2, "articleType", queries)
     overall = report.overall()
@@ -30,7 +34,8 @@ def test_precision_is_the_share_of_neighbours_with_the_same_label():
 
 
 def test_table_lists_each_label_and_group():
-    report = Evaluation.of(1, "articleType", [({"articleType": "Bags"}, [hit(articleType="Bags")])])
+    queries = [(product("a", articleType="Bags"), [hit(articleType="Bags")])]
+    report = Evaluation.of(1, "articleType", queries)
     lines = report.table().splitlines()
     assert lines[0] == "precision@1 over 1 indexed items"
     assert lines[3].split() == ["articleType", "1", "1.000", "0.000"]
@@ -43,3 +48,15 @@ def test_table_lists_each_label_and_group():
 )
 def test_chance_precision_is_that_of_random_neighbours(values, expected):
     assert chance_precision(values) == pytest.approx(expected)
+
+
+def test_worst_queries_are_the_least_precise_then_the_most_confidently_wrong():
+    queries = [
+        (product("good", articleType="Bags"), [hit(0.9, articleType="Bags")]),
+        (product("wrong", articleType="Bags"), [hit(0.5, articleType="Shoes")]),
+        (product("sure-wrong", articleType="Bags"), [hit(0.99, articleType="Shoes")]),
+        (product("unlabelled"), [hit(0.1)]),
+    ]
+    report = Evaluation.of(1, "articleType", queries)
+    assert report.worst(2) == ["sure-wrong", "wrong"]
+    assert report.worst(10) == ["sure-wrong", "wrong", "good"]

@@ -80,11 +80,18 @@ def _one_short_lived_child(
     return [ProcessSpec("child", [sys.executable, "-c", WRITE_AND_EXIT], real.env)]
 
 
+def weights_path(directory: Path) -> str:
+    """A weights file that exists: enough for `up` to start (the children here load no model)."""
+    path = directory / "weights.h5"
+    path.touch()
+    return str(path)
+
+
 def test_run_stack_serves_redis_to_children_and_shuts_it_down(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(stack, "stack_specs", _one_short_lived_child)
-    settings = Settings(data_dir=tmp_path, redis_url=None)
+    settings = Settings(data_dir=tmp_path, redis_url=None, weights=weights_path(tmp_path))
     assert run_stack(settings, "127.0.0.1", 8123) == 1  # the child's exit was unexpected
     output = capsys.readouterr().out
     assert "API on http://127.0.0.1:8123/" in output
@@ -100,7 +107,9 @@ def test_run_stack_uses_an_external_redis_as_is(
 ) -> None:
     monkeypatch.setattr(stack, "stack_specs", _one_short_lived_child)
     with start_embedded_redis(Settings(data_dir=tmp_path / "external", redis_url=None)) as server:
-        settings = Settings(data_dir=tmp_path / "data", redis_url=server.url)
+        settings = Settings(
+            data_dir=tmp_path / "data", redis_url=server.url, weights=weights_path(tmp_path)
+        )
         assert run_stack(settings, "127.0.0.1", 8123) == 1
         assert not (tmp_path / "data" / "redis").exists()
         assert server.running
