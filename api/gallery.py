@@ -1,4 +1,4 @@
-"""The gallery page: search by id, by upload or at random, and browse neighbours as pictures."""
+"""The gallery: the catalog as a paged grid, an item's neighbours as pictures, search by upload."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from shared.errors import LookalikeError
 from shared.images import make_thumbnail
 
 gallery = Blueprint("gallery", __name__)
-FILTERS = ("gender", "masterCategory", "articleType")
+FILTERS = ("gender", "masterCategory", "articleType", "baseColour")
 K_CHOICES = (5, 10, 20)
+PAGE_SIZE = 24
 
 
 services = current_services
@@ -25,7 +26,7 @@ def page(status: int = 200, **context: Any) -> tuple[str, int]:
     choices = {key: catalog.field_values(key) for key in FILTERS}
     filters = {key: request.values.get(key, "") for key in FILTERS}
     defaults = {"product_id": "", "query": None, "results": None, "error": None, "pending": None}
-    context = {**defaults, **context}
+    context = {**defaults, "grid": None, **context}
     return render_template(
         "gallery.html",
         choices=choices,
@@ -33,6 +34,7 @@ def page(status: int = 200, **context: Any) -> tuple[str, int]:
         k=context.pop("k", validation.k(None)),
         k_choices=K_CHOICES,
         count=len(catalog),
+        model=services().index_model(),
         **context,
     ), status
 
@@ -45,7 +47,7 @@ def chosen_filters() -> dict[str, str]:
 def index() -> Any:
     product_id = request.args.get("product_id", "").strip()
     if not product_id:
-        return page()
+        return catalog_grid()
     try:
         k = validation.k(request.args.get("k"))
         product = services().product(product_id)
@@ -58,6 +60,26 @@ def index() -> Any:
         "metadata": product["metadata"],
     }
     return page(product_id=product_id, k=k, query=query, results=results)
+
+
+def catalog_grid() -> Any:
+    """One page of the indexed catalog, filtered; each item links to its neighbours."""
+    try:
+        number = validation.page(request.args.get("page"))
+    except LookalikeError as exc:
+        return page(exc.http_status, error=exc.message)
+    filters: dict[str, Any] = chosen_filters()
+    start = (number - 1) * PAGE_SIZE
+    items, total = services().replica.catalog.browse(filters, start, PAGE_SIZE)
+    pages = max(1, -(-total // PAGE_SIZE))
+    links = {
+        name: url_for("gallery.index", page=target, **filters)
+        for name, target in (("first", 1), ("previous", number - 1), ("next", number + 1),
+                             ("last", pages))
+        if 1 <= target <= pages and target != number
+    }  # fmt: skip
+    grid = {"items": items, "page": number, "pages": pages, "total": total, "links": links}
+    return page(grid=grid)
 
 
 @gallery.get("/random")

@@ -12,6 +12,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import keys
+from shared.follower import lag_seconds
+from shared.journal import START
 from shared.queue import EMBED_QUEUE, PRIORITY_STEPS
 from shared.records import TaskState
 
@@ -72,6 +74,7 @@ class PipelineCollector(Collector):
             "lookalike_index_items", "Items in this process's index replica",
             len(self.services.replica.catalog),
         )  # fmt: skip
+        yield from self._journal(client)
         yield CounterMetricFamily(
             "lookalike_forward_passes", "Model forward passes", stats.get("forward_passes", 0.0)
         )
@@ -87,6 +90,22 @@ class PipelineCollector(Collector):
         for size, count in sorted(client.hgetall(keys.BATCH_SIZES).items()):
             batches.add_metric([size.decode()], float(count))
         yield batches
+
+    def _journal(self, client: Any) -> Iterator[Any]:
+        """Journal length, and how far the writer and this replica are behind it."""
+        yield GaugeMetricFamily(
+            "lookalike_journal_entries", "Entries in the index journal", client.xlen(keys.JOURNAL)
+        )
+        writer = client.get(keys.WRITER_POSITION)
+        writer_position = writer.decode() if writer else START
+        yield GaugeMetricFamily(
+            "lookalike_writer_lag_seconds", "Age of the oldest entry the writer has not applied",
+            lag_seconds(client, writer_position),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "lookalike_replica_lag_seconds", "Age of the oldest entry this replica has not applied",
+            lag_seconds(client, self.services.replica.catalog.position),
+        )  # fmt: skip
 
 
 def queue_name(step: int) -> str:

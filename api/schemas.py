@@ -46,6 +46,10 @@ Limit = Annotated[
     int, Field(ge=1, le=5000, description="about how many products a page holds"), AsDecimal
 ]
 
+PageNumber = Annotated[
+    int, Field(ge=1, le=10**6, description="page of the gallery's grid"), AsDecimal
+]
+
 
 class Request(BaseModel):
     """Base of the models: strict types (text is parsed by validators) and unknown keys ignored."""
@@ -83,3 +87,9 @@ class ProductForm(Request):
 
     product_id: ProductId
     metadata: str = Field("", description="a JSON object; absent or empty: {}")
+
+
+class GridQuery(Request):
+    """The query of the gallery's catalog grid."""
+
+    page: PageNumber = 1

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.datastructures import FileStorage
 
 from api.errors import BadRequest
-from api.schemas import NeighboursQuery, ProductForm, ProductPageQuery
+from api.schemas import GridQuery, NeighboursQuery, ProductForm, ProductPageQuery
 from shared.errors import ImageTooLarge
 from shared.images import open_image
 from shared.settings import Settings
@@ -85,6 +85,14 @@ def cursor(raw: str | None) -> int:
         result: int = parsed(ProductPageQuery, "cursor", raw)
     except ValidationError:
         raise BadRequest(f"cursor must be a cursor from next_cursor, got {raw!r}") from None
+    return result
+
+
+def page(raw: str | None) -> int:
+    try:
+        result: int = parsed(GridQuery, "page", raw)
+    except ValidationError:
+        raise not_in_range(GridQuery, "page", raw) from None
     return result
 
 

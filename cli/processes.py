@@ -22,3 +22,9 @@ def api_server(bind: str, python: str = sys.executable) -> list[str]:
     """One gunicorn process with threads: each process holds its own index replica."""
     argv = [python, "-m", "gunicorn", "--bind", bind, "--workers", "1", "--threads", "8"]
     return [*argv, "--timeout", "120", API_APP]
+
+
+def flower(broker_url: str, host: str, port: int, python: str = sys.executable) -> list[str]:
+    """Celery's monitoring UI for the embed queue; it needs only the broker, no project code."""
+    argv = [python, "-m", "celery", "--broker", broker_url, "flower"]
+    return [*argv, f"--address={host}", f"--port={port}"]

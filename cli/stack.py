@@ -32,12 +32,11 @@ def start_embedded_redis(settings: Settings) -> RedisServer:
     return server
 
 
-def stack_specs(settings: Settings, redis_url: str, host: str, port: int) -> list[ProcessSpec]:
-    """The embed worker, the index writer and the API, all pointed at `redis_url`."""
-    python = sys.executable
+def child_env(settings: Settings, redis_url: str) -> dict[str, str]:
+    """The environment of every child: ours, with the stack's Redis, data dir and weights."""
     # Not resolved: the venv's python is a symlink, and resolving it would leave the venv.
-    bin_dir = str(Path(python).parent)
-    env = {
+    bin_dir = str(Path(sys.executable).parent)
+    return {
         **os.environ,
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "LOOKALIKE_REDIS_URL": redis_url,
@@ -46,6 +45,12 @@ def stack_specs(settings: Settings, redis_url: str, host: str, port: int) -> lis
         "PYTHONUNBUFFERED": "1",
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
+
+
+def stack_specs(settings: Settings, redis_url: str, host: str, port: int) -> list[ProcessSpec]:
+    """The embed worker, the index writer and the API, all pointed at `redis_url`."""
+    python = sys.executable
+    env = child_env(settings, redis_url)
     return [
         # Celery's warm shutdown finishes the batch in hand; a SIGKILL only gets it redelivered.
         ProcessSpec("embed", processes.embed_worker(python=python), env, stop_timeout=30),
@@ -78,11 +83,14 @@ def choose_weights(settings: Settings, demo: bool) -> tuple[Settings, str | None
     )
 
 
-def run_stack(settings: Settings, host: str, port: int, demo: int = 0) -> int:
+def run_stack(
+    settings: Settings, host: str, port: int, demo: int = 0, flower: int | None = None
+) -> int:
     """Run the whole stack until SIGINT/SIGTERM or a process fails; the exit code.
 
     With demo > 0, once the stack is ready a demo catalog of that many items is written (once)
-    into the data directory and imported, and the gallery's address is printed.
+    into the data directory and imported, and the gallery's address is printed. With a flower
+    port, Celery's Flower UI runs too.
     """
     settings, notice = choose_weights(settings, demo > 0)
     if notice:
@@ -95,12 +103,18 @@ def run_stack(settings: Settings, host: str, port: int, demo: int = 0) -> int:
     else:
         redis_url = redis_note = settings.redis_url
     try:
-        supervisor = Supervisor(stack_specs(settings, redis_url, host, port))
+        specs = stack_specs(settings, redis_url, host, port)
+        if flower is not None:
+            argv = processes.flower(redis_url, host, flower)
+            specs.append(ProcessSpec("flower", argv, child_env(settings, redis_url)))
+        supervisor = Supervisor(specs)
 
         url = f"http://{_address(_reachable(host), port)}"
 
         def announce() -> None:
             supervisor.log(OWN_LABEL, f"API on {url}/, Redis {redis_note}")
+            if flower is not None:
+                supervisor.log(OWN_LABEL, f"Flower on http://{_address(_reachable(host), flower)}/")
             supervisor.log(OWN_LABEL, "Ctrl-C stops everything")
             if demo > 0:
                 threading.Thread(

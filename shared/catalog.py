@@ -132,6 +132,15 @@ class Catalog:
                 value for (name, value), ids in self._by_field.items() if name == key and ids
             )
 
+    def browse(self, filters: Mapping[str, str], start: int, count: int) -> tuple[list[Hit], int]:
+        """A page of the indexed catalog in id order (numbers by value), and how many match."""
+        allow = self.matching(filters)
+        with self._lock:
+            ids = list(self.metadata) if allow is None else [i for i in allow if i in self.metadata]
+            ordered = sorted(ids, key=_id_order)[start : start + count]
+            page = [{"product_id": i, "metadata": self.metadata[i]} for i in ordered]
+        return page, len(ids)
+
     def similar(self, product_id: str, k: int, filters: Mapping[str, str]) -> list[Hit]:
         """The k nearest other products to an indexed one (KeyError when it is not indexed)."""
         if self.index is None or product_id not in self.index:
@@ -164,3 +173,10 @@ class Catalog:
         with self._lock:
             metadata = {pid: dict(meta) for pid, meta in self.metadata.items()}
         self.index.save(directory, self.position, extra={"metadata": metadata})
+
+
+def _id_order(product_id: str) -> tuple[int, int, str]:
+    """Numeric ids first and by value (9 before 10), then the others as text."""
+    if product_id.isdecimal() and product_id.isascii():
+        return (0, int(product_id), product_id)
+    return (1, 0, product_id)

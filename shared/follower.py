@@ -38,3 +38,16 @@ def trimmed_past(client: redis.Redis, position: str) -> bool:
 
 def _decode(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def lag_seconds(client: redis.Redis, position: str) -> float:
+    """How long the oldest journal entry after position has waited (0.0: caught up).
+
+    Stream ids are the Redis server's milliseconds, so the wait is read on the same clock.
+    """
+    reply: Any = client.xrange(keys.JOURNAL, min=f"({position}", count=1)
+    if not reply:
+        return 0.0
+    oldest_ms = position_key(_decode(reply[0][0]))[0]
+    seconds, micros = client.time()
+    return max(0.0, seconds + micros / 1e6 - oldest_ms / 1000)

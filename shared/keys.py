@@ -7,6 +7,7 @@ JOURNAL = PREFIX + "journal"  # stream of index changes: the source of every ind
 INDEX_MODEL = PREFIX + "index:model"  # the model id every vector in the journal comes from
 PRODUCTS = PREFIX + "products"  # set of known product ids
 WRITER_LOCK = PREFIX + "writer:lock"  # held by the one index writer
+WRITER_POSITION = PREFIX + "writer:position"  # the last journal entry the writer applied
 STATS = PREFIX + "stats"  # hash of counters: tasks by state, forward passes, images embedded
 BATCH_SIZES = PREFIX + "stats:batch_sizes"  # hash: batch size -> number of forward passes
 

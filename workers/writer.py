@@ -78,6 +78,8 @@ class IndexWriter:
                 return
             entries = read_after(self.client, catalog.position, block_ms=500)
             unsaved += catalog.apply(entries)
+            if entries:
+                self.client.set(keys.WRITER_POSITION, catalog.position)
             due = time.monotonic() - last_save >= self.settings.snapshot_interval
             if unsaved >= self.settings.snapshot_every or (unsaved and due):
                 self.snapshot(catalog)

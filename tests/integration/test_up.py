@@ -6,30 +6,38 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from cli.redis_server import free_port
+from shared.errors import EXIT_CONFIG
+from shared.model_id import RANDOM_MODEL_NOTICE, is_random_model
 from tests.support.client import post_product, product_image, wait_task
 from tests.support.stack import wait_until
 
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
 
 
-def start_up(
-    data_dir: Path, weights: Path, port: int, log: Path, *extra: str
-) -> subprocess.Popen[bytes]:
+def up_env(data_dir: Path, weights: Path | None, **extra: str) -> dict[str, str]:
+    """Our environment without LOOKALIKE_* settings, then these; weights None: the default."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("LOOKALIKE_")}
     env.update(
-        LOOKALIKE_DATA_DIR=str(data_dir),
-        LOOKALIKE_WEIGHTS=str(weights),
-        LOOKALIKE_BATCH_WAIT="0.1",
-        TF_CPP_MIN_LOG_LEVEL="2",
+        LOOKALIKE_DATA_DIR=str(data_dir), LOOKALIKE_BATCH_WAIT="0.1", TF_CPP_MIN_LOG_LEVEL="2"
     )
+    if weights is not None:
+        env["LOOKALIKE_WEIGHTS"] = str(weights)
+    return {**env, **extra}
+
+
+def start_up(
+    data_dir: Path, weights: Path | None, port: int, log: Path, *extra: str, **env: str
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [LOOKALIKE, "up", "--port", str(port), *extra],
-        env=env,
+        env=up_env(data_dir, weights, **env),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
@@ -42,12 +50,24 @@ def ready(url: str) -> bool:
         return False
 
 
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=3).ok
+    except requests.RequestException:
+        return False
+
+
 def test_up_runs_the_stack_and_a_restart_finds_everything(tmp_path, weights_file):
     port, log = free_port(), tmp_path / "up.log"
     url = f"http://127.0.0.1:{port}"
-    process = start_up(tmp_path / "data", weights_file, port, log, "--demo", "12")
+    flower = free_port()
+    process = start_up(
+        tmp_path / "data", weights_file, port, log, "--demo", "12", "--flower", str(flower)
+    )
     try:
         wait_until(lambda: ready(url), 180, "lookalike up did not get ready")
+        flower_url = f"http://127.0.0.1:{flower}/healthcheck"
+        wait_until(lambda: answers(flower_url), 60, "flower did not answer")
         wait_until(lambda: f"gallery: {url}/" in log.read_text(), 120, "no demo import")
         listing = requests.get(f"{url}/api/v1/products", timeout=5).json()
         assert listing["total"] == len(list((tmp_path / "data/demo-catalog/images").iterdir()))
@@ -60,7 +80,7 @@ def test_up_runs_the_stack_and_a_restart_finds_everything(tmp_path, weights_file
         process.send_signal(signal.SIGTERM)
         assert process.wait(90) == 0, log.read_text()
     text = log.read_text()
-    for name in ("embed", "writer", "api"):
+    for name in ("embed", "writer", "api", "flower"):
         assert any(line.startswith(f"{name} ") for line in text.splitlines()), name
     assert "supervisor | redis stopped" in text
 
@@ -72,3 +92,54 @@ def test_up_runs_the_stack_and_a_restart_finds_everything(tmp_path, weights_file
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(90) == 0
+
+
+def test_up_without_its_weights_file_fails_at_once_with_one_line(tmp_path):
+    missing = tmp_path / "nope.h5"
+    result = subprocess.run(
+        [LOOKALIKE, "up", "--port", str(free_port())],
+        env=up_env(tmp_path / "data", missing), capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: weights file not found: {missing} (LOOKALIKE_WEIGHTS must be 'imagenet', "
+        "'random' or the path to a Keras ResNet50 no-top weights file)\n"
+    )
+    assert not (tmp_path / "data" / "redis").exists()  # nothing was started
+
+
+def test_up_whose_worker_cannot_load_the_model_stops_with_its_reason(tmp_path):
+    bogus = tmp_path / "bogus.h5"
+    bogus.write_bytes(b"not a weights file")
+    log = tmp_path / "up.log"
+    started = time.monotonic()
+    process = start_up(tmp_path / "data", bogus, free_port(), log)
+    code = process.wait(120)
+    text = log.read_text()
+    assert code == EXIT_CONFIG, text
+    assert time.monotonic() - started < 60
+    assert f"the embed worker cannot start: could not load weights from {bogus}" in text
+    assert "Traceback" not in text
+    assert "supervisor | redis stopped" in text
+
+
+def test_demo_without_imagenet_runs_on_random_weights_and_says_so(tmp_path):
+    port, log = free_port(), tmp_path / "up.log"
+    url = f"http://127.0.0.1:{port}"
+    # An empty Keras cache: the ImageNet file must be downloaded, which this machine cannot do.
+    process = start_up(tmp_path / "data", None, port, log, "--demo", "6", KERAS_HOME=str(tmp_path))
+    try:
+        wait_until(lambda: ready(url) or process.poll() is not None, 240, "not ready")
+        if "the demo runs on a seeded random model" not in log.read_text():
+            pytest.skip("this machine can download the ImageNet weights")
+        wait_until(lambda: f"gallery: {url}/" in log.read_text(), 120, "no demo import")
+        readyz = requests.get(f"{url}/readyz", timeout=5).json()
+        gallery = requests.get(f"{url}/", timeout=5).text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(90) == 0, log.read_text()
+    notices = [line for line in log.read_text().splitlines() if "seeded random model" in line]
+    assert len(notices) == 1 and "set LOOKALIKE_WEIGHTS to its path" in notices[0]
+    assert is_random_model(readyz["model_id"]) and readyz["notice"] == RANDOM_MODEL_NOTICE
+    assert 'id="model-notice"' in gallery and readyz["model_id"] in gallery

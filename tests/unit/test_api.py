@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import time
 
 import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
 from tests.support.images import encode, pattern
+from tests.support.journal import journal
 
 JPEG = encode(pattern(64, 48, seed=1), "JPEG")
 
@@ -197,3 +200,18 @@ def test_the_api_never_imports_tensorflow_or_worker_code():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def test_metrics_report_journal_and_lags(app, client):
+    journal(app, 3)
+    time.sleep(0.3)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric(text, "lookalike_journal_entries") == 3
+    assert metric(text, "lookalike_replica_lag_seconds") == 0.0  # caught up
+    assert metric(text, "lookalike_writer_lag_seconds") >= 0.3  # no writer has applied any

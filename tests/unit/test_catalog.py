@@ -185,3 +185,22 @@ def test_a_lagging_replica_reloads_the_snapshot_when_the_journal_was_trimmed(
         assert sorted(replica.catalog.index.ids()) == ["new0", "new1", "new2", "old"]
     finally:
         replica.stop()
+
+
+def test_browse_pages_through_ids_in_natural_order_with_filters(settings):
+    catalog = Catalog(settings)
+    ids = ["10", "9", "b", "100", "a", "2"]
+    catalog.apply(
+        [upsert(f"{n + 1}-0", pid, n, kind="odd" if n % 2 else "even") for n, pid in enumerate(ids)]
+    )
+    first, total = catalog.browse({}, 0, 4)
+    assert total == 6
+    assert [item["product_id"] for item in first] == ["2", "9", "10", "100"]
+    rest, _ = catalog.browse({}, 4, 4)
+    assert [item["product_id"] for item in rest] == ["a", "b"]
+    odd, odd_total = catalog.browse({"kind": "odd"}, 0, 10)
+    assert odd_total == 3
+    assert [item["product_id"] for item in odd] == ["2", "9", "100"]
+    assert {item["metadata"]["kind"] for item in odd} == {"odd"}
+    assert catalog.browse({"kind": "none"}, 0, 10) == ([], 0)
+    assert catalog.browse({}, 100, 10) == ([], 6)
