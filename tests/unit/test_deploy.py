@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cli import processes
 from cli.stack import stack_specs
 from shared.settings import Settings
 
@@ -173,6 +174,8 @@ def final_stage(service: str) -> Stage:
 
 
 OUR_SERVICES = [name for name in SERVICES if dockerfile_of(name) is not None]
+# Those that run the project's own code (flower, from the same image, runs only Celery's).
+CODE_SERVICES = [name for name in OUR_SERVICES if name in STACK_PROCESS]
 
 
 def command(service: str) -> list[str]:
@@ -231,7 +234,7 @@ def module_file(module: str) -> Path:
 def test_compose_defines_the_services_and_no_version_key() -> None:
     assert "version" not in COMPOSE, "the compose spec has no version key"
     assert {"redis", "api", "writer", "embed", "embed-gpu"} <= set(SERVICES)
-    assert set(OUR_SERVICES) == {"api", "writer", "embed", "embed-gpu"}
+    assert set(OUR_SERVICES) == {"api", "writer", "embed", "embed-gpu", "flower"}
     assert set(COMPOSE["volumes"]) >= {"index", "keras-cache"}
 
 
@@ -245,7 +248,7 @@ def test_every_lookalike_variable_is_a_setting() -> None:
     assert not unknown, f"not fields of shared.settings.Settings: {sorted(unknown)}"
 
 
-@pytest.mark.parametrize("service", OUR_SERVICES)
+@pytest.mark.parametrize("service", CODE_SERVICES)
 def test_each_service_environment_is_valid_settings(service: str) -> None:
     env = environment(service)
     assert env["LOOKALIKE_REDIS_URL"] == REDIS_URL
@@ -267,7 +270,14 @@ def test_compose_commands_match_stack_specs(service: str) -> None:
     assert normalized(command(service)) == normalized(expected.argv)
 
 
-@pytest.mark.parametrize("service", OUR_SERVICES)
+def test_flower_is_the_command_of_lookalike_up_flower_in_the_monitoring_profile() -> None:
+    expected = processes.flower(REDIS_URL, "0.0.0.0", 5555)
+    assert normalized(command("flower")) == normalized(expected)
+    assert SERVICES["flower"]["profiles"] == ["monitoring"]
+    assert SERVICES["flower"]["ports"] == ["5555:5555"]
+
+
+@pytest.mark.parametrize("service", CODE_SERVICES)
 def test_commands_name_modules_that_exist(service: str) -> None:
     argv = normalized(command(service))
     if argv[0] == "celery":
