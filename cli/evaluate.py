@@ -20,12 +20,14 @@ Hits = list[dict[str, Any]]
 
 @dataclass
 class Evaluation:
-    """One row per query item: its labels and, per label, the share of neighbours that match."""
+    """One row per query item: its labels and, per label, the share of neighbours that match;
+    `hits` and `queries` keep each query's neighbours and product record, by product id."""
 
     k: int
     by: str
     rows: pd.DataFrame
     hits: dict[str, Hits] = field(default_factory=dict)
+    queries: dict[str, Product] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)
     catalog_size: int = 0
     sampled: bool = False
@@ -33,14 +35,15 @@ class Evaluation:
     @classmethod
     def of(cls, k: int, by: str, queries: Iterable[tuple[Product, Hits]]) -> Evaluation:
         labels = _labels(by)
-        records, hits = [], {}
+        records, hits, asked = [], {}, {}
         for product, found in queries:
             if found:
                 records.append(_precisions(product, found, labels))
                 hits[product["product_id"]] = found
+                asked[product["product_id"]] = product
         columns = ["product_id", *labels, *map(hit_column, labels)]
         rows = pd.DataFrame.from_records(records, columns=columns)
-        return cls(k, by, rows, hits, catalog_size=len(records))
+        return cls(k, by, rows, hits, asked, catalog_size=len(records))
 
     @property
     def items(self) -> int:

@@ -56,7 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Run the whole stack: Redis (unless LOOKALIKE_REDIS_URL), embed worker, writer, API."""
     from cli.stack import run_stack
 
-    return run_stack(get_settings(), args.host, args.port, demo=args.demo)
+    return run_stack(get_settings(), args.host, args.port, demo=args.demo, flower=args.flower)
 
 
 def api_client(args: argparse.Namespace) -> ApiClient:
@@ -116,8 +116,18 @@ def cmd_demo_catalog(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cli.evaluate import evaluate
 
-    report = evaluate(api_client(args), args.k, args.by, args.concurrency, not args.quiet)
+    if args.sample < 0 or args.sheet < 0:
+        print("error: --sample and --sheet take 0 or more", file=sys.stderr)
+        return 2
+    client = api_client(args)
+    progress = not args.quiet
+    report = evaluate(client, args.k, args.by, args.concurrency, progress, args.sample, args.seed)
     print(report.table())
+    if args.html:
+        from cli.report import write_html
+
+        write_html(report, client, args.html, args.sheet, args.seed)
+        print(f"wrote {args.html}")
     return 0
 
 
@@ -144,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--demo", type=int, default=0, metavar="N",
         help="once ready, write and import a demo catalog of N items (done once per data dir)",
+    )  # fmt: skip
+    up.add_argument(
+        "--flower", type=int, nargs="?", const=5555, default=None, metavar="PORT",
+        help="also run Celery's Flower monitoring UI (default port 5555)",
     )  # fmt: skip
     up.set_defaults(handler=cmd_up)
 
@@ -182,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--by", default="articleType", help="label to break down by")
     ev.add_argument("-k", type=int, default=5)
     ev.add_argument("--concurrency", type=int, default=8)
+    ev.add_argument(
+        "--sample", type=int, default=1000, metavar="N",
+        help="queries drawn at random (default 1000; 0: every indexed item)",
+    )  # fmt: skip
+    ev.add_argument("--seed", type=int, default=0, help="of the samples (default 0)")
+    ev.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
+    ev.add_argument(
+        "--sheet", type=int, default=8, metavar="N",
+        help="queries per sheet of the HTML report (worst, random; default 8)",
+    )  # fmt: skip
     ev.set_defaults(handler=cmd_evaluate)
     return parser
 

@@ -124,6 +124,47 @@ def test_evaluate_reports_precision_by_label(imported, api):
         assert any(line.startswith(label) for line in result.stdout.splitlines())
 
 
+def test_evaluate_samples_queries_and_says_how_many(imported, api):
+    result = lookalike("evaluate", "-k", "3", "--sample", "5", "--api-url", api, "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("precision@3 over 5 of ")
+    assert result.stdout.splitlines()[0].endswith(" indexed items (a random sample)")
+    every = lookalike("evaluate", "-k", "3", "--sample", "0", "--api-url", api, "-q")
+    assert every.returncode == 0, every.stderr
+    assert " of " not in every.stdout.splitlines()[0]
+    refused = lookalike("evaluate", "--sample", "-1", "--api-url", api, "-q")
+    assert refused.returncode == 2 and "0 or more" in refused.stderr
+
+
+def test_evaluate_html_report_embeds_the_sampled_queries(imported, api, tmp_path):
+    products = requests.get(f"{api}/api/v1/products?limit=500", timeout=10).json()["products"]
+    indexed = [product["product_id"] for product in products if product["indexed"]]
+    wait_until(
+        lambda: all(
+            requests.get(f"{api}/api/v1/products/{pid}/similar", timeout=5).ok for pid in indexed
+        ),
+        10,
+        "the replica does not answer for every indexed product",
+    )
+    report = tmp_path / "report.html"
+    result = lookalike(
+        "evaluate", "-k", "3", "--sample", "20", "--seed", "1", "--sheet", "4",
+        "--html", str(report), "--api-url", api, "-q",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    heading = f"precision@3 over 20 of {len(indexed)} indexed items (a random sample)"
+    assert result.stdout.splitlines()[0] == heading  # the text table is still printed
+    assert result.stdout.splitlines()[-1] == f"wrote {report}"
+    page = report.read_text(encoding="utf-8")
+    assert f'<p id="heading">{heading}</p>' in page
+    rows = 2 * 4  # worst and random sheets, 4 queries each
+    assert page.count("<img ") == page.count('<img src="data:image/jpeg;base64,') == rows * 4
+    assert page.count('class="placeholder"') == 0
+    assert page.count('<svg class="label-bar"') == 4
+    assert page.count("✓ same") + page.count("✗ different") == rows * 3
+    assert report.stat().st_size > 30_000
+
+
 def test_gallery_shows_neighbours_as_pictures(imported, dataset, api):
     product_id = rows_with_images(dataset)[2]
     page = requests.get(f"{api}/", params={"product_id": product_id, "k": 5}, timeout=10)
@@ -194,3 +235,38 @@ def test_gallery_in_a_real_browser(imported, dataset, api, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "gallery.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+def test_evaluate_html_report_in_a_real_browser(imported, api, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    report = tmp_path / "report.html"
+    result = lookalike(
+        "evaluate", "-k", "4", "--sample", "12", "--sheet", "3",
+        "--html", str(report), "--api-url", api, "-q",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(report.as_uri())
+            page.wait_for_load_state("load")
+            decoded = page.eval_on_selector_all(
+                "img", "images => images.map(i => i.complete && i.naturalWidth > 0)"
+            )
+            assert len(decoded) == 2 * 3 * (1 + 4) and all(decoded)
+            bars = page.locator("svg.label-bar")
+            assert bars.count() == 4
+            for index in range(bars.count()):
+                assert bars.nth(index).is_visible()
+                box = bars.nth(index).bounding_box()
+                assert box is not None and box["width"] > 100
+            assert page.locator("svg.groups-chart").is_visible()
+            assert page.locator("svg.label-bar line.chance").count() == 4
+            assert page.locator("#worst .card.neighbour").count() == 3 * 4
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "report.png").stat().st_size > 10_000

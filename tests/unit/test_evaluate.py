@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cli.evaluate import Evaluation, chance_precision
+from cli.main import build_parser, main
 
 
 def hit(score: float = 1.0, **metadata: str) -> dict:
@@ -60,3 +63,24 @@ def test_worst_queries_are_the_least_precise_then_the_most_confidently_wrong():
     report = Evaluation.of(1, "articleType", queries)
     assert report.worst(2) == ["sure-wrong", "wrong"]
     assert report.worst(10) == ["sure-wrong", "wrong", "good"]
+
+
+def test_queries_keep_their_record_and_neighbours():
+    shirt = product("a", articleType="Shirts", productDisplayName="Red shirt")
+    found = [hit(0.7, articleType="Shirts")]
+    report = Evaluation.of(1, "articleType", [(shirt, found), (product("b"), [])])
+    assert report.queries == {"a": shirt}
+    assert report.hits == {"a": found}
+
+
+def test_evaluate_command_samples_a_thousand_queries_by_default():
+    args = build_parser().parse_args(["evaluate"])
+    assert (args.sample, args.seed, args.sheet, args.html) == (1000, 0, 8, None)
+    args = build_parser().parse_args(["evaluate", "--html", "r.html", "--sample", "0"])
+    assert (args.sample, args.html) == (0, Path("r.html"))
+
+
+@pytest.mark.parametrize("option", ["--sample", "--sheet"])
+def test_evaluate_command_refuses_negative_counts(option, capsys):
+    assert main(["evaluate", option, "-1", "--api-url", "http://127.0.0.1:9"]) == 2
+    assert "0 or more" in capsys.readouterr().err
