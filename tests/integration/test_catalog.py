@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from api.gallery import PAGE_SIZE
 from cli.demo_catalog import write_demo_catalog
 from cli.styles import read_styles
 from tests.support.stack import Stack, wait_until
@@ -205,6 +206,54 @@ CHROMIUM_FLAGS = [
 ]
 
 
+def all_images_loaded(page) -> bool:
+    loaded = page.eval_on_selector_all(
+        "img", "images => images.map(i => i.complete && i.naturalWidth > 0)"
+    )
+    return bool(loaded) and all(loaded)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+def test_gallery_grid_pages_and_clicks_through_in_a_real_browser(imported, dataset, api):
+    from playwright.sync_api import sync_playwright
+
+    with_images = sorted(rows_with_images(dataset), key=int)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            page.goto(f"{api}/")
+            page.wait_for_load_state("networkidle")
+            cards = page.locator("#catalog .card")
+            assert cards.count() == PAGE_SIZE
+            assert all_images_loaded(page)
+            assert (
+                page.locator("#grid-count")
+                .inner_text()
+                .startswith(f"{len(with_images)} items · page 1 of 2")
+            )
+            hrefs = cards.evaluate_all("cards => cards.map(c => c.getAttribute('href'))")
+            first_page = [href.split("=")[1].split("&")[0] for href in hrefs]
+            assert first_page == with_images[:PAGE_SIZE]
+            page.click("a.page-next")
+            page.wait_for_load_state("networkidle")
+            assert page.locator("#catalog .card").count() == len(with_images) - PAGE_SIZE
+            assert all_images_loaded(page)
+            page.locator("#catalog .card").first.click()
+            page.wait_for_selector("#results .card")
+            assert page.locator("#results .card").count() == 5
+            assert f"product_id={with_images[PAGE_SIZE]}" in page.url
+            page.select_option("select[name=articleType]", index=1)
+            page.fill("input[name=product_id]", "")
+            page.click("#by-id button[type=submit]")
+            page.wait_for_load_state("networkidle")
+            chosen = page.locator("select[name=articleType]").input_value()
+            shown = page.locator("#catalog .card .muted").all_inner_texts()
+            assert shown and set(shown) == {chosen}
+        finally:
+            browser.close()
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 def test_gallery_in_a_real_browser(imported, dataset, api, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -221,10 +270,7 @@ def test_gallery_in_a_real_browser(imported, dataset, api, tmp_path):
             page.wait_for_load_state("networkidle")
             cards = page.locator("#results .card")
             assert cards.count() == 5
-            loaded = page.eval_on_selector_all(
-                "img", "images => images.map(i => i.complete && i.naturalWidth > 0)"
-            )
-            assert loaded and all(loaded)
+            assert all_images_loaded(page)
             scores = [float(text) for text in page.locator(".score").all_inner_texts()]
             assert scores == sorted(scores, reverse=True)
             first_neighbour = cards.first.get_attribute("href")
