@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 APT_PACKAGES ?=
 
-.PHONY: install browser run test check bench clean
+.PHONY: install browser run test check bench screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: install
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/index.py
 	$(BIN)/python bench/importer.py
+	$(BIN)/python bench/gallery.py
+
+# The README's pictures, from a real `lookalike up --demo 300` and `lookalike evaluate --html`.
+screenshots: install browser
+	$(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

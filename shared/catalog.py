@@ -28,7 +28,9 @@ class Catalog:
         self.index = index
         self.position = START if index is None else (index.journal_position or START)
         self.metadata: dict[str, dict[str, Any]] = {}
-        self._by_field: dict[tuple[str, str], set[str]] = {}
+        # field -> value -> ids: filters, and the values a filter menu offers.
+        self._by_field: dict[str, dict[str, set[str]]] = {}
+        self._order: list[str] | None = None  # every id in browse order, rebuilt when ids change
         self._lock = threading.Lock()
         if index is not None:
             for product_id, meta in index.extra.get("metadata", {}).items():
@@ -110,36 +112,44 @@ class Catalog:
 
     def _set_metadata(self, product_id: str, meta: dict[str, Any]) -> None:
         self.metadata[product_id] = meta
+        self._order = None
         for key, value in meta.items():
-            self._by_field.setdefault((key, str(value)), set()).add(product_id)
+            self._by_field.setdefault(key, {}).setdefault(str(value), set()).add(product_id)
 
     def _drop_metadata(self, product_id: str) -> None:
+        self._order = None
         for key, value in self.metadata.pop(product_id, {}).items():
-            self._by_field.get((key, str(value)), set()).discard(product_id)
+            self._by_field.get(key, {}).get(str(value), set()).discard(product_id)
 
     def matching(self, filters: Mapping[str, str]) -> set[str] | None:
         """Ids whose metadata equals every filter value; None when there are no filters."""
         if not filters:
             return None
         with self._lock:
-            sets = [self._by_field.get((key, value), set()) for key, value in filters.items()]
+            sets = [self._by_field.get(key, {}).get(value, set()) for key, value in filters.items()]
             return set.intersection(*sets)
 
     def field_values(self, key: str) -> list[str]:
         """The distinct values of a metadata field among indexed products (for filter menus)."""
         with self._lock:
-            return sorted(
-                value for (name, value), ids in self._by_field.items() if name == key and ids
-            )
+            return sorted(value for value, ids in self._by_field.get(key, {}).items() if ids)
 
     def browse(self, filters: Mapping[str, str], start: int, count: int) -> tuple[list[Hit], int]:
         """A page of the indexed catalog in id order (numbers by value), and how many match."""
         allow = self.matching(filters)
         with self._lock:
-            ids = list(self.metadata) if allow is None else [i for i in allow if i in self.metadata]
-            ordered = sorted(ids, key=_id_order)[start : start + count]
-            page = [{"product_id": i, "metadata": self.metadata[i]} for i in ordered]
-        return page, len(ids)
+            if self._order is None:
+                self._order = sorted(self.metadata, key=_id_order)
+            if allow is None:
+                ordered = self._order
+            elif len(allow) * 8 < len(self._order):  # few: sorting them is cheaper than a scan
+                ordered = sorted(allow, key=_id_order)
+            else:
+                ordered = [i for i in self._order if i in allow]
+            page = [
+                {"product_id": i, "metadata": self.metadata[i]} for i in ordered[start:][:count]
+            ]
+        return page, len(ordered)
 
     def similar(self, product_id: str, k: int, filters: Mapping[str, str]) -> list[Hit]:
         """The k nearest other products to an indexed one (KeyError when it is not indexed)."""
