@@ -12,6 +12,7 @@ import requests
 from api.gallery import PAGE_SIZE
 from cli.demo_catalog import write_demo_catalog
 from cli.styles import read_styles
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.stack import Stack, wait_until
 
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
@@ -192,18 +193,6 @@ def test_gallery_upload_search(imported, dataset, api):
     assert page.status_code == 200
     assert 'src="data:image/jpeg;base64,' in page.text
     assert f'href="/?product_id={product_id}&amp;k=5"' in page.text
-
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def all_images_loaded(page) -> bool:

@@ -15,6 +15,7 @@ import requests
 from cli.redis_server import free_port
 from shared.errors import EXIT_CONFIG
 from shared.model_id import RANDOM_MODEL_NOTICE, is_random_model
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.client import post_product, product_image, wait_task
 from tests.support.stack import wait_until
 
@@ -124,6 +125,22 @@ def test_up_whose_worker_cannot_load_the_model_stops_with_its_reason(tmp_path):
     assert "supervisor | redis stopped" in text
 
 
+def first_page_in_a_browser(url: str) -> tuple[str, int]:
+    """The gallery's notice banner and how many catalog cards its first page shows."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/")
+            return page.locator("#model-notice").inner_text(), page.locator(
+                "#catalog .card"
+            ).count()
+        finally:
+            browser.close()
+
+
 def test_demo_without_imagenet_runs_on_random_weights_and_says_so(tmp_path):
     port, log = free_port(), tmp_path / "up.log"
     url = f"http://127.0.0.1:{port}"
@@ -136,6 +153,10 @@ def test_demo_without_imagenet_runs_on_random_weights_and_says_so(tmp_path):
         wait_until(lambda: f"gallery: {url}/" in log.read_text(), 120, "no demo import")
         readyz = requests.get(f"{url}/readyz", timeout=5).json()
         gallery = requests.get(f"{url}/", timeout=5).text
+        if CHROMIUM.exists():
+            banner, cards = first_page_in_a_browser(url)
+            assert banner == RANDOM_MODEL_NOTICE
+            assert cards == len(list((tmp_path / "data/demo-catalog/images").iterdir()))
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(90) == 0, log.read_text()
