@@ -20,10 +20,11 @@ services = current_services
 @v1.before_request
 def require_api_key() -> None:
     """Changes (POST, DELETE) need the API key when one is configured; reads are open."""
-    expected = services().settings.api_key
-    if expected and request.method in ("POST", "DELETE"):
-        given = request.headers.get("X-API-Key", "")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+    keys = services().settings.api_keys
+    if keys and request.method in ("POST", "DELETE"):
+        given = request.headers.get("X-API-Key", "").encode()
+        # Every key compared, in constant time each: which one matched must not leak either.
+        if not sum(hmac.compare_digest(given, key.encode()) for key in keys):
             raise Unauthorized("missing or wrong API key: send it in the X-API-Key header")
 
 

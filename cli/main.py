@@ -61,7 +61,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def api_client(args: argparse.Namespace) -> ApiClient:
     settings = get_settings()
-    return ApiClient(args.api_url or settings.api_url, settings.api_key)
+    return ApiClient(args.api_url or settings.api_url, settings.client_api_key)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

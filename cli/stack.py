@@ -138,7 +138,7 @@ def import_demo(settings: Settings, url: str, n: int, supervisor: Supervisor) ->
     def say(line: str) -> None:
         supervisor.log("demo", line)
 
-    client = ApiClient(url, settings.api_key)
+    client = ApiClient(url, settings.client_api_key)
     deadline = time.monotonic() + 600
     while not _ready(client):
         if time.monotonic() > deadline:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Precision = Literal["float32", "bfloat16", "float16"]
@@ -23,8 +23,10 @@ class Settings(BaseSettings):
     api_url: str = Field(
         "http://127.0.0.1:8000", description="The API the CLI's client commands talk to."
     )
-    api_key: str | None = Field(
-        None, description="When set, POST and DELETE on /api/v1 need it in X-API-Key."
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every POST and DELETE needs one of its comma-separated keys "
+        "in X-API-Key (several: key rotation). Never logged.",
     )
     redis_url: str | None = Field(
         None, description="Redis for broker, results and data; unset: `up` starts its own."
@@ -60,7 +62,7 @@ class Settings(BaseSettings):
         0.05, gt=0, description="Seconds an embed worker waits to fill a batch."
     )
     visibility_timeout: int = Field(
-        600, ge=1, description="Seconds before an unacknowledged task is redelivered."
+        60, ge=5, description="Seconds before an unacknowledged task is redelivered."
     )
     task_time_limit: int = Field(300, ge=1, description="Hard time limit of one task, seconds.")
     task_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds task records are kept.")
@@ -70,6 +72,46 @@ class Settings(BaseSettings):
     search_wait: float = Field(10.0, ge=0, description="Seconds a search waits for its vector.")
     max_metadata_bytes: int = Field(16384, ge=2, description="Largest metadata JSON accepted.")
     thumbnail_size: int = Field(256, ge=16, le=1024, description="Longest side of thumbnails.")
+
+    # Durability and backpressure.
+    snapshots_kept: int = Field(
+        2,
+        ge=2,
+        description="Verified index snapshots kept; the journal is kept back to the oldest.",
+    )
+    appendfsync: Literal["everysec", "always"] = Field(
+        "everysec",
+        description="The embedded Redis' fsync policy: 'always' loses no accepted write.",
+    )
+    redis_maxmemory: int = Field(
+        1024 * 1024 * 1024, ge=64 * 1024 * 1024, description="The embedded Redis' memory limit."
+    )
+    max_queued: int = Field(
+        10_000, ge=1, description="Uploads waiting for a worker before new ones get 503."
+    )
+    max_redis_memory_fraction: float = Field(
+        0.8, gt=0, le=1, description="Share of Redis' maxmemory in use above which uploads get 503."
+    )
+    max_waiting_searches: int = Field(
+        4, ge=0, description="Searches an API process lets wait for their vector at once."
+    )
+    search_ttl: int = Field(
+        3600, ge=60, description="Seconds a search task's vector and results are kept."
+    )
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """The accepted API keys (empty: writes are open)."""
+        if self.api_key is None:
+            return ()
+        return tuple(
+            key.strip() for key in self.api_key.get_secret_value().split(",") if key.strip()
+        )
+
+    @property
+    def client_api_key(self) -> str | None:
+        """The key the CLI's client commands send: the first one."""
+        return self.api_keys[0] if self.api_keys else None
 
 
 @lru_cache(maxsize=1)
