@@ -12,6 +12,7 @@ from shared.catalog import Catalog
 from shared.follower import read_after, trimmed_past
 from shared.journal import position_key
 from shared.settings import Settings
+from shared.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ class Replica:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.client = client
-        self.directory = settings.data_dir / "index"
+        self.store = SnapshotStore(settings.data_dir / "index", settings.snapshots_kept)
         self.catalog = Catalog(settings)
         self.loaded = threading.Event()
         self.last_error: str | None = None
@@ -59,20 +60,20 @@ class Replica:
             self.last_error = None
 
     def _reload_helps(self, before: str) -> bool:
-        fresh = Catalog.load(self.settings, self.directory)
+        fresh, _ = Catalog.restore(self.settings, self.store)
         if position_key(fresh.position) > position_key(before):
             self.catalog = fresh
             log.info("replica reloaded %d items at %s", len(fresh), fresh.position)
             return True
         log.error(
             "the journal was trimmed past %s but %s has no newer snapshot: this replica "
-            "needs the writer's data directory (LOOKALIKE_DATA_DIR)", before, self.directory,
+            "needs the writer's data directory (LOOKALIKE_DATA_DIR)", before, self.store.root,
         )  # fmt: skip
         return False
 
     def _reload(self) -> None:
         started = time.perf_counter()
-        self.catalog = Catalog.load(self.settings, self.directory)
+        self.catalog, _ = Catalog.restore(self.settings, self.store)
         self.loaded.set()
         log.info(
             "replica loaded %d items at %s in %.2fs",

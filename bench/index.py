@@ -228,11 +228,11 @@ def bench_hnsw(
     index, build_s, rss = build(data, m, ef_construction)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         started = time.perf_counter()
-        index.save(Path(tmp))
+        manifest = index.save(Path(tmp))
         save_s = time.perf_counter() - started
-        file_bytes = sum(p.stat().st_size for p in Path(tmp).glob("hnsw-*.bin"))
+        file_bytes = manifest["index_bytes"]
         started = time.perf_counter()
-        loaded = VectorIndex.load(Path(tmp))
+        loaded = VectorIndex.load(Path(tmp), manifest)
         load_s = time.perf_counter() - started
         del loaded
     config = f"M={m} efc={ef_construction}"

@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shared.errors import SnapshotError
-from shared.index import MANIFEST, VectorIndex, unusable_reason
+from shared.index import VectorIndex, unusable_reason
 from shared.journal import START, JournalEntry
 from shared.model_id import EMBEDDING_DIM
 from shared.settings import Settings
+from shared.snapshots import Loaded, Snapshot, SnapshotStore
 
 log = logging.getLogger(__name__)
 Hit = dict[str, Any]
@@ -37,15 +36,11 @@ class Catalog:
                 self._set_metadata(product_id, meta)
 
     @classmethod
-    def load(cls, settings: Settings, directory: Path) -> Catalog:
-        """The catalog of the snapshot in directory, or an empty one when there is none yet."""
-        try:
-            index = VectorIndex.load(directory, ef_search=settings.hnsw_ef_search)
-        except SnapshotError:
-            if (directory / MANIFEST).exists():  # there, but unreadable: say so
-                raise
-            return cls(settings)
-        return cls(settings, index)
+    def restore(cls, settings: Settings, store: SnapshotStore) -> tuple[Catalog, Loaded]:
+        """The catalog of the newest snapshot that loads (empty when none does), and how the
+        snapshots fared: the caller applies the journal after catalog.position."""
+        loaded = store.load_newest(ef_search=settings.hnsw_ef_search)
+        return cls(settings, loaded.index), loaded
 
     @property
     def model_id(self) -> str | None:
@@ -58,11 +53,16 @@ class Catalog:
         return self.index is not None and product_id in self.index
 
     def apply(self, entries: Iterable[JournalEntry]) -> int:
-        """Apply journal entries in order (upserts in one batch); returns how many applied."""
+        """Apply journal entries in order (upserts in one batch); returns how many applied.
+
+        The position moves only once the batch is in the index, so a reader that sees the
+        position also sees its vectors.
+        """
         pending: dict[str, JournalEntry] = {}
         applied = 0
+        position = self.position
         for entry in entries:
-            self.position = entry.position
+            position = entry.position
             if entry.op == "delete":
                 pending.pop(entry.product_id, None)
                 self._delete(entry.product_id)
@@ -73,14 +73,14 @@ class Catalog:
             applied += 1
         if pending:
             self._upsert(list(pending.values()))
+        self.position = position
         if self.index is not None:
-            self.index.journal_position = self.position
+            self.index.journal_position = position
         return applied
 
     def _accepts(self, entry: JournalEntry) -> bool:
         if self.index is None:
             self.index = VectorIndex.from_settings(self.settings, EMBEDDING_DIM, entry.model_id)
-            self.index.journal_position = self.position
         if entry.model_id != self.index.model_id:
             log.error(
                 "journal entry %s for %s is from model %s, the index from %s: skipped",
@@ -176,13 +176,13 @@ class Catalog:
             for hit, score in hits
         ]
 
-    def save(self, directory: Path) -> None:
+    def save(self, store: SnapshotStore) -> Snapshot | None:
         """Snapshot vectors and metadata together at the current journal position."""
         if self.index is None:
-            return
+            return None
         with self._lock:
             metadata = {pid: dict(meta) for pid, meta in self.metadata.items()}
-        self.index.save(directory, self.position, extra={"metadata": metadata})
+        return store.publish(self.index, self.position, {"metadata": metadata})
 
 
 def _id_order(product_id: str) -> tuple[int, int, str]:

@@ -22,18 +22,24 @@ def read_after(
 
 
 def trimmed_past(client: redis.Redis, position: str) -> bool:
-    """True when entries after position may have been trimmed away: reload a snapshot.
+    """True when entries after position were trimmed away: only a snapshot has them now.
 
-    The writer trims with MINID, so everything older than the first entry is gone; that may
-    include entries after position. (XTRIM does not update max-deleted-entry-id.)
+    The writer records the newest entry it trims (XTRIM does not update max-deleted-entry-id).
     """
-    try:
-        info: Any = client.xinfo_stream(keys.JOURNAL)
-    except redis.ResponseError:  # no stream yet
-        return False
-    first = info.get("first-entry")
-    oldest = _decode(first[0]) if first else _decode(info["last-generated-id"])
-    return position_key(oldest) > position_key(position)
+    raw = client.get(keys.JOURNAL_TRIMMED)
+    return raw is not None and position_key(_decode(raw)) > position_key(position)
+
+
+def trim_before(client: redis.Redis, position: str) -> int:
+    """Trim the journal's entries older than position (never position itself); how many."""
+    reply: Any = client.xrevrange(keys.JOURNAL, max=f"({position}", count=1)
+    if not reply:
+        return 0
+    last = _decode(reply[0][0])
+    pipe = client.pipeline()
+    pipe.set(keys.JOURNAL_TRIMMED, last)
+    pipe.xtrim(keys.JOURNAL, minid=position, approximate=False)
+    return int(pipe.execute()[1])
 
 
 def _decode(value: bytes | str) -> str:

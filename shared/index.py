@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
-import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,10 +28,7 @@ if TYPE_CHECKING:
 
 SPACE = "cosine"
 FORMAT_VERSION = 1
-MANIFEST = "snapshot.json"
-INDEX_PREFIX = "hnsw-"
-INDEX_SUFFIX = ".bin"
-TMP_SUFFIX = ".tmp"
+INDEX_FILE = "hnsw.bin"
 # Allow-lists up to this size (or fraction of the index) are scored exactly: a filtered graph
 # walk must pass through roughly 1/selectivity disallowed nodes per hit, so below this an
 # exact scan is both cheaper and never misses.
@@ -317,34 +312,26 @@ class VectorIndex:
 
     def save(
         self,
-        directory: Path,
+        folder: Path,
         journal_position: str | None = None,
         extra: dict[str, Any] | None = None,
-    ) -> Path:
-        """Write a snapshot into directory atomically and return its snapshot.json path.
-
-        The rename of snapshot.json is the commit point. journal_position and extra (JSON data
-        kept with the snapshot) default to the index's own. Index files no longer referenced
-        are removed afterwards.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        name = f"{INDEX_PREFIX}{uuid.uuid4().hex}{INDEX_SUFFIX}"
-        tmp = directory / (name + TMP_SUFFIX)
+    ) -> dict[str, Any]:
+        """Write the index file into folder, durably, and return its manifest (not written:
+        committing the snapshot is the caller's, see shared.snapshots)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         position = self.journal_position if journal_position is None else journal_position
         with self._save_lock:
             # Shared is enough: writing the file only reads the graph, so queries go on while
             # changes wait.
             with self._lock.read():
-                self._index.save_index(str(tmp))
+                self._index.save_index(str(folder / INDEX_FILE))
                 manifest = self._manifest(position)
             manifest["extra"] = self.extra if extra is None else extra
-            manifest.update(_commit_index_file(tmp, directory / name))
-            _write_atomically(directory / MANIFEST, json.dumps(manifest).encode())
+            manifest.update(_seal_file(folder / INDEX_FILE))
             self.journal_position = position
             self.extra = manifest["extra"]
-            _remove_stale_files(directory, keep=name)
-        return directory / MANIFEST
+        return manifest
 
     def _manifest(self, journal_position: str | None) -> dict[str, Any]:
         return {
@@ -363,51 +350,42 @@ class VectorIndex:
         }
 
     @classmethod
-    def load(cls, directory: Path, model_id: str | None = None, ef_search: int = 64) -> VectorIndex:
-        """Open the snapshot in directory after checking it is whole and from model_id."""
-        directory = Path(directory)
-        attempts = 3
-        for attempt in range(1, attempts + 1):
-            manifest = _read_manifest(directory)
-            try:
-                return cls._open(directory, manifest, model_id, ef_search)
-            except SnapshotError:
-                # A newer snapshot may have been committed, and this one removed, meanwhile.
-                if (
-                    attempt == attempts
-                    or _read_manifest(directory).index_file == manifest.index_file
-                ):
-                    raise
-        raise AssertionError("unreachable")
-
-    @classmethod
-    def _open(
-        cls, directory: Path, manifest: _Manifest, model_id: str | None, ef_search: int
+    def load(
+        cls,
+        folder: Path,
+        manifest: dict[str, Any],
+        model_id: str | None = None,
+        ef_search: int = 64,
     ) -> VectorIndex:
-        if model_id is not None and manifest.model_id != model_id:
+        """Open the index file of a snapshot after checking it is whole and from model_id."""
+        try:
+            parsed = _parse_manifest(manifest)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"snapshot manifest in {folder} is invalid: {exc!r}") from exc
+        if model_id is not None and parsed.model_id != model_id:
             raise ModelMismatch(
-                f"snapshot was built with model {manifest.model_id}, this process uses {model_id}"
+                f"snapshot was built with model {parsed.model_id}, this process uses {model_id}"
             )
-        path = directory / manifest.index_file
-        _verify_file(path, manifest.index_bytes, manifest.index_sha256)
-        index = hnswlib.Index(space=SPACE, dim=manifest.dim)
+        path = Path(folder) / parsed.index_file
+        verify_file(path, parsed.index_bytes, parsed.index_sha256)
+        index = hnswlib.Index(space=SPACE, dim=parsed.dim)
         try:
             index.load_index(
-                str(path), max_elements=manifest.max_elements, allow_replace_deleted=True
+                str(path), max_elements=parsed.max_elements, allow_replace_deleted=True
             )
         except RuntimeError as exc:
             raise SnapshotError(f"snapshot index file {path} cannot be loaded: {exc}") from exc
-        if index.element_count < len(manifest.labels):
+        if index.element_count < len(parsed.labels):
             raise SnapshotError(f"snapshot index file {path} holds fewer items than its manifest")
         opened = cls.__new__(cls)
         opened._attach(
             index,
-            manifest.model_id,
+            parsed.model_id,
             ef_search,
-            dict(manifest.labels),
-            manifest.next_label,
-            manifest.journal_position,
-            manifest.extra,
+            dict(parsed.labels),
+            parsed.next_label,
+            parsed.journal_position,
+            parsed.extra,
         )
         return opened
 
@@ -428,28 +406,14 @@ class _Manifest:
     extra: dict[str, Any]
 
 
-def _read_manifest(directory: Path) -> _Manifest:
-    path = directory / MANIFEST
-    try:
-        raw = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise SnapshotError(f"no snapshot in {directory}: {MANIFEST} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise SnapshotError(f"snapshot manifest {path} is unreadable: {exc}") from exc
-    try:
-        return _parse_manifest(raw)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SnapshotError(f"snapshot manifest {path} is invalid: {exc!r}") from exc
-
-
 def _parse_manifest(raw: Any) -> _Manifest:
     if raw["format"] != FORMAT_VERSION:
         raise ValueError(f"format {raw['format']} is not supported (expected {FORMAT_VERSION})")
     if raw["space"] != SPACE:
         raise ValueError(f"space {raw['space']!r} is not {SPACE!r}")
     index_file = str(raw["index_file"])
-    if Path(index_file).name != index_file or not index_file.startswith(INDEX_PREFIX):
-        raise ValueError(f"index_file {index_file!r} is not a file name of ours")
+    if index_file != INDEX_FILE:
+        raise ValueError(f"index_file {index_file!r} is not {INDEX_FILE!r}")
     labels = {str(id_): int(label) for id_, label in raw["labels"].items()}
     if len(labels) != int(raw["count"]):
         raise ValueError(f"count {raw['count']} does not match {len(labels)} labels")
@@ -468,7 +432,7 @@ def _parse_manifest(raw: Any) -> _Manifest:
     )
 
 
-def _verify_file(path: Path, size: int, sha256: str) -> None:
+def verify_file(path: Path, size: int, sha256: str) -> None:
     """Refuse an index file that is missing, partial or not byte-identical to what was saved."""
     try:
         actual = path.stat().st_size
@@ -484,43 +448,13 @@ def _verify_file(path: Path, size: int, sha256: str) -> None:
         raise SnapshotError(f"snapshot index file {path} is corrupt: sha256 does not match")
 
 
-def _commit_index_file(tmp: Path, final: Path) -> dict[str, Any]:
-    """Make tmp durable under its final name; return its manifest fields."""
-    with tmp.open("r+b") as file:
+def _seal_file(path: Path) -> dict[str, Any]:
+    """Make the file durable; return its manifest fields (name, size, SHA-256)."""
+    with path.open("r+b") as file:
         os.fsync(file.fileno())
         digest = hashlib.file_digest(file, "sha256").hexdigest()
         size = os.fstat(file.fileno()).st_size
-    os.replace(tmp, final)
-    # The file's name must be durable before a manifest that names it.
-    _fsync_directory(final.parent)
-    return {"index_file": final.name, "index_bytes": size, "index_sha256": digest}
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace path with data: temp file, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with tmp.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_files(directory: Path, keep: str) -> None:
-    """Remove index files (and temp files of interrupted saves) other than keep."""
-    for pattern in (f"{INDEX_PREFIX}*{INDEX_SUFFIX}", f"{INDEX_PREFIX}*{INDEX_SUFFIX}{TMP_SUFFIX}"):
-        for path in directory.glob(pattern):
-            if path.name != keep:
-                path.unlink(missing_ok=True)
+    return {"index_file": path.name, "index_bytes": size, "index_sha256": digest}
 
 
 def unusable_reason(vector: npt.ArrayLike) -> str | None:

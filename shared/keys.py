@@ -4,6 +4,10 @@ from __future__ import annotations
 
 PREFIX = "lk:"
 JOURNAL = PREFIX + "journal"  # stream of index changes: the source of every index
+JOURNAL_TRIMMED = PREFIX + "journal:trimmed"  # id of the newest entry trimmed away
+INDEXED = PREFIX + "indexed"  # set of product ids whose vector is in the journal or a snapshot
+LOST = PREFIX + "index:lost"  # set of product ids whose vectors were lost: re-import them
+DAMAGE = PREFIX + "index:damage"  # why vectors were lost, when the writer found out
 INDEX_MODEL = PREFIX + "index:model"  # the model id every vector in the journal comes from
 PRODUCTS = PREFIX + "products"  # set of known product ids
 WRITER_LOCK = PREFIX + "writer:lock"  # held by the one index writer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -106,6 +107,45 @@ class TaskStore:
         self.save(record, pipe)
 
 
+    def advance(
+        self,
+        record: TaskRecord,
+        state: TaskState,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, str] | None = None,
+        writes: Callable[[Any], None] | None = None,
+        watch: Sequence[str] = (),
+        check: Callable[[Any], dict[str, str] | None] | None = None,
+    ) -> bool:
+        """Move a task to `state` with `writes`, in one transaction, unless another delivery of
+        it has finished it meanwhile: then write nothing and return False (at-least-once).
+
+        `check` runs on the watched keys first; an error it returns makes the move a failure
+        (without `writes`).
+        """
+        task_key = keys.task(record.task_id)
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(task_key, *watch)
+                    stored = pipe.get(task_key)
+                    if stored is not None and TaskRecord.from_json(stored).finished:
+                        return False
+                    refusal = check(pipe) if check is not None else None
+                    pipe.multi()
+                    if refusal is not None:
+                        self.update(record, TaskState.FAILED, error=refusal, pipe=pipe)
+                    else:
+                        if writes is not None:
+                            writes(pipe)
+                        self.update(record, state, result=result, error=error, pipe=pipe)
+                    pipe.execute()
+                    return refusal is None
+                except redis.WatchError:
+                    continue
+
+
 def failure(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": message}
 
@@ -167,11 +207,42 @@ class ProductStore:
             "updated_at": str(time.time()),
         }
         pipe.hset(keys.product(product_id), mapping=fields)
+        pipe.sadd(keys.INDEXED, product_id)
+        pipe.srem(keys.LOST, product_id)
 
     @staticmethod
     def remove(pipe: Any, product_id: str) -> None:
         pipe.delete(keys.product(product_id), keys.thumbnail(product_id))
         pipe.srem(keys.PRODUCTS, product_id)
+        pipe.srem(keys.INDEXED, product_id)
+        pipe.srem(keys.LOST, product_id)
+
+    @staticmethod
+    def mark_lost(pipe: Any, product_ids: Iterable[str], reason: str) -> None:
+        """These products' vectors are gone: not indexed any more, so a re-import embeds them."""
+        for product_id in product_ids:
+            pipe.hset(keys.product(product_id), "indexed", "0")
+            pipe.srem(keys.INDEXED, product_id)
+            pipe.sadd(keys.LOST, product_id)
+        pipe.set(keys.DAMAGE, _json({"reason": reason, "at": time.time()}))
+
+    def indexed_ids(self) -> set[str]:
+        """Products Redis says have a vector."""
+        return {raw.decode() for raw in self.client.smembers(keys.INDEXED)}  # type: ignore[union-attr]
+
+    def backfill_indexed(self) -> None:
+        """Build the set of indexed products from the records, for data older than the set."""
+        if self.client.exists(keys.INDEXED):
+            return
+        for product_id in self.client.sscan_iter(keys.PRODUCTS, count=1000):
+            if self.client.hget(keys.product(product_id.decode()), "indexed") == b"1":
+                self.client.sadd(keys.INDEXED, product_id)
+
+    def lost(self) -> tuple[int, str | None]:
+        """How many products lost their vectors and are not re-indexed yet, and why."""
+        count = int(self.client.scard(keys.LOST))
+        raw = self.client.get(keys.DAMAGE) if count else None
+        return count, json.loads(raw)["reason"] if raw else None
 
     def page(self, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         """Up to about limit products from a SSCAN cursor, and the next cursor (0: done)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -19,11 +18,11 @@ from shared import keys
 from shared.errors import EXIT_CONFIG, LookalikeError, WeightsUnavailable
 from shared.images import make_thumbnail
 from shared.index import unusable_reason
-from shared.journal import upsert_entry
 from shared.queue import EMBED_TASK
-from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, connect, failure
+from shared.records import TaskRecord, TaskStore, connect, failure
 from workers.app import celery_app, settings
 from workers.embedder import Embedder, get_embedder
+from workers.publish import Publisher
 
 log = logging.getLogger(__name__)
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
@@ -44,6 +43,11 @@ def redis_client() -> redis.Redis:
 @lru_cache(maxsize=1)
 def tasks() -> TaskStore:
     return TaskStore(redis_client(), settings.task_ttl)
+
+
+@lru_cache(maxsize=1)
+def publisher() -> Publisher:
+    return Publisher(redis_client(), tasks(), settings.search_ttl)
 
 
 @worker_init.connect
@@ -130,9 +134,10 @@ def claim(task_id: str) -> Job | None:
     image = redis_client().get(keys.upload(task_id))
     if image is None:
         message = "the uploaded image expired before a worker took it"
-        finish_failed(record, failure("upload_expired", message))
+        publisher().fail(record, failure("upload_expired", message))
         return None
-    tasks().update(record, TaskState.RUNNING)
+    if not publisher().start(record):
+        return None  # another delivery of this task finished it meanwhile
     return Job(record, image)  # type: ignore[arg-type]
 
 
@@ -146,21 +151,11 @@ def record_batch_stats(passes: int, images: int, started: float) -> None:
 
 
 def finish_failed(record: TaskRecord, error: dict[str, str]) -> None:
-    pipe = redis_client().pipeline()
-    tasks().update(record, TaskState.FAILED, error=error, pipe=pipe)
-    pipe.delete(keys.upload(record.task_id))
-    pipe.execute()
+    publisher().fail(record, error)
 
 
 def finish_search(record: TaskRecord, vector: np.ndarray, embedder: Embedder) -> None:
-    pipe = redis_client().pipeline()
-    pipe.set(
-        keys.query_vector(record.task_id), vector.astype(np.float32).tobytes(), ex=settings.task_ttl
-    )
-    result = {"model_id": embedder.model_id, "dim": int(vector.shape[0])}
-    tasks().update(record, TaskState.SUCCEEDED, result=result, pipe=pipe)
-    pipe.delete(keys.upload(record.task_id))
-    pipe.execute()
+    publisher().search_done(record, vector, embedder.model_id)
 
 
 def finish_index(job: Job, vector: np.ndarray, embedder: Embedder) -> None:
@@ -179,40 +174,7 @@ def finish_index(job: Job, vector: np.ndarray, embedder: Embedder) -> None:
         finish_failed(record, failure("model_mismatch", message))
         return
     thumbnail = make_thumbnail(job.image, settings.thumbnail_size, settings.max_image_pixels)
-    metadata = record.options.get("metadata", {})
-    digest = hashlib.sha256(job.image).hexdigest()
-    while True:
-        try:
-            publish(record, vector, embedder.model_id, metadata, digest, thumbnail)
-            return
-        except redis.WatchError:
-            continue  # the product changed meanwhile: look again
-
-
-def publish(
-    record: TaskRecord,
-    vector: np.ndarray,
-    model_id: str,
-    metadata: dict[str, Any],
-    digest: str,
-    thumbnail: bytes,
-) -> None:
-    product_id = record.product_id
-    assert product_id is not None
-    with redis_client().pipeline() as pipe:
-        if ProductStore.watch_pending(pipe, product_id) != record.task_id:
-            pipe.reset()
-            message = f"product {product_id} was changed or deleted by a later request"
-            finish_failed(record, failure("superseded", message))
-            return
-        pipe.multi()
-        pipe.xadd(keys.JOURNAL, upsert_entry(product_id, vector, model_id, metadata))
-        ProductStore.mark_indexed(pipe, product_id, metadata, digest, model_id)
-        pipe.set(keys.thumbnail(product_id), thumbnail)
-        result = {"product_id": product_id, "model_id": model_id, "image_sha256": digest}
-        tasks().update(record, TaskState.SUCCEEDED, result=result, pipe=pipe)
-        pipe.delete(keys.upload(record.task_id))
-        pipe.execute()
+    publisher().indexed(record, vector, embedder.model_id, job.image, thumbnail)
 
 
 def claim_index_model(model_id: str) -> str:

@@ -19,9 +19,11 @@ from redis.lock import Lock
 
 from shared import keys
 from shared.catalog import Catalog
-from shared.follower import read_after
+from shared.follower import read_after, trim_before
 from shared.records import connect
 from shared.settings import Settings, get_settings
+from shared.snapshots import SnapshotStore
+from workers.restore import restore
 
 log = logging.getLogger("lookalike.writer")
 LOCK_TTL = 15.0
@@ -33,10 +35,11 @@ class IndexWriter:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.client = client
-        self.directory = settings.data_dir / "index"
+        self.store = SnapshotStore(settings.data_dir / "index", settings.snapshots_kept)
         self.token = uuid.uuid4().hex
         # Token-checked: only the holder can extend or release it.
         self.lock = Lock(client, keys.WRITER_LOCK, timeout=LOCK_TTL, thread_local=False)
+        self.holding = threading.Event()  # set while the lock is ours, renewed in the background
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -67,15 +70,36 @@ class IndexWriter:
             return self.lock.reacquire()
         except LockError:
             return False
+        except redis.RedisError as exc:  # unknown: say no, the next renewal may say yes
+            log.warning("could not renew the writer lock: %s", exc)
+            return False
+
+    def _keep_renewing(self) -> None:
+        """Renew the lock every third of its TTL, also during a long load or snapshot."""
+        while self.holding.is_set() and not self.stop_event.wait(LOCK_TTL / 3):
+            if not self._renew() and not self._renew():
+                log.warning("writer lock lost; another writer may take over")
+                self.holding.clear()
+
+    def still_holding(self) -> bool:
+        """Checked in Redis right before anything that changes shared state."""
+        return self.holding.is_set() and self.lock.owned()
 
     def _write_while_locked(self) -> None:
-        catalog = Catalog.load(self.settings, self.directory)
-        log.info("index loaded: %d items at journal position %s", len(catalog), catalog.position)
+        self.holding.set()
+        renewer = threading.Thread(target=self._keep_renewing, name="lock-renewal", daemon=True)
+        renewer.start()
+        try:
+            self._follow(restore(self.settings, self.client, self.store))
+        finally:
+            self.holding.clear()
+            renewer.join()
+            with contextlib.suppress(LockError, redis.RedisError):
+                self.lock.release()
+
+    def _follow(self, catalog: Catalog) -> None:
         unsaved, last_save = 0, time.monotonic()
-        while not self.stop_event.is_set():
-            if not self._renew():
-                log.warning("writer lock lost; another writer took over")
-                return
+        while not self.stop_event.is_set() and self.holding.is_set():
             entries = read_after(self.client, catalog.position, block_ms=500)
             unsaved += catalog.apply(entries)
             if entries:
@@ -84,19 +108,25 @@ class IndexWriter:
             if unsaved >= self.settings.snapshot_every or (unsaved and due):
                 self.snapshot(catalog)
                 unsaved, last_save = 0, time.monotonic()
-        if unsaved:
+        if unsaved and self.holding.is_set():
             self.snapshot(catalog)
-        with contextlib.suppress(LockError):
-            self.lock.release()
 
     def snapshot(self, catalog: Catalog) -> None:
-        """Save, then trim the journal up to what the snapshot holds (never beyond)."""
+        """Publish, prune to the newest kept, trim the journal back to the oldest kept."""
+        if not self.still_holding():
+            log.warning("not the writer any more: no snapshot")
+            return
         started = time.perf_counter()
-        catalog.save(self.directory)
-        self.client.xtrim(keys.JOURNAL, minid=catalog.position, approximate=False)
+        snapshot = catalog.save(self.store)
+        pruned = self.store.prune(still_allowed=self.still_holding)
+        kept_from = self.store.kept_from()
+        trimmed = 0
+        if kept_from is not None and self.still_holding():
+            trimmed = trim_before(self.client, kept_from)
         log.info(
-            "snapshot: %d items at %s in %.2fs",
-            len(catalog), catalog.position, time.perf_counter() - started,
+            "snapshot %s: %d items in %.2fs; pruned %d; journal trimmed by %d to %s",
+            snapshot.name if snapshot else "-", len(catalog), time.perf_counter() - started,
+            len(pruned), trimmed, kept_from or "its start",
         )  # fmt: skip
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +10,7 @@ import requests
 
 from shared import keys
 from shared.journal import position_key
+from shared.snapshots import SnapshotStore
 from tests.support.client import post_product, product_image, similar, wait_task
 from tests.support.stack import Stack, wait_until
 
@@ -106,23 +106,28 @@ def test_an_upload_gone_before_a_worker_took_it_fails_its_task(stack, api):
     }
 
 
-def test_writer_snapshots_and_trims_the_journal(stack, api):
-    task_ids = post_many(api, "s", 4)
-    assert {wait_task(api, task_id)["state"] for task_id in task_ids} == {"succeeded"}
-    manifest = stack.root / "data" / "index" / "snapshot.json"
+def test_writer_snapshots_and_trims_the_journal_back_to_the_oldest_kept(stack, api):
+    store = SnapshotStore(stack.root / "data" / "index", keep=2)
     client = redis_of(stack)
+    for round_ in range(3):  # three rounds a snapshot apart: at least two snapshots kept
+        task_ids = post_many(api, f"s{round_}-", 2)
+        assert {wait_task(api, task_id)["state"] for task_id in task_ids} == {"succeeded"}
+        last = client.xrevrange(keys.JOURNAL, count=1)[0][0].decode()
+        wait_until(
+            lambda last=last: store.snapshots()
+            and position_key(store.snapshots()[0].position) >= position_key(last),
+            10, "no snapshot covers the round",
+        )  # fmt: skip
 
-    last = client.xrevrange(keys.JOURNAL, count=1)[0][0].decode()  # our 4 items are in it
+    def trimmed_to_the_oldest_kept() -> bool:
+        snapshots = store.snapshots()
+        oldest = client.xrange(keys.JOURNAL, count=1)
+        return len(snapshots) == 2 and oldest[0][0].decode() == snapshots[1].position
 
-    def snapshot_caught_up():
-        if not manifest.exists():
-            return False
-        saved = json.loads(manifest.read_text())
-        covered = {f"s{n}" for n in range(4)} <= set(saved["labels"])
-        at_head = position_key(saved["journal_position"]) >= position_key(last)
-        return covered and at_head and client.xlen(keys.JOURNAL) <= 1
-
-    wait_until(snapshot_caught_up, 10, "snapshot did not catch up, or journal not trimmed")
+    wait_until(trimmed_to_the_oldest_kept, 10, "not two snapshots, or journal not trimmed to them")
+    loaded = store.load_newest()
+    assert loaded.index is not None
+    assert {f"s{r}-{n}" for r in range(3) for n in range(2)} <= set(loaded.index.ids())
 
 
 def test_a_second_writer_waits_while_the_first_holds_the_lock(stack):

@@ -13,9 +13,10 @@ from api.replica import Replica
 from cli.redis_server import RedisServer
 from shared import keys
 from shared.catalog import Catalog
-from shared.follower import read_after, trimmed_past
+from shared.follower import read_after, trim_before, trimmed_past
 from shared.journal import START, JournalEntry, delete_entry, parse_entry, upsert_entry
 from shared.settings import Settings
+from shared.snapshots import SnapshotStore
 
 MODEL = "resnet50-test"
 DIM = 2048
@@ -94,8 +95,8 @@ def test_entries_of_another_model_or_without_direction_are_skipped(catalog):
 
 
 def test_snapshot_keeps_vectors_metadata_and_position(catalog, settings, tmp_path):
-    catalog.save(tmp_path / "index")
-    loaded = Catalog.load(settings, tmp_path / "index")
+    catalog.save(SnapshotStore(tmp_path / "index"))
+    loaded, _ = Catalog.restore(settings, SnapshotStore(tmp_path / "index"))
     assert loaded.position == "4-0"
     assert loaded.metadata == catalog.metadata
     assert loaded.similar("a", 3, {"gender": "Women"}) == catalog.similar(
@@ -104,7 +105,7 @@ def test_snapshot_keeps_vectors_metadata_and_position(catalog, settings, tmp_pat
 
 
 def test_no_snapshot_is_an_empty_catalog_at_the_start(settings, tmp_path):
-    empty = Catalog.load(settings, tmp_path / "nothing")
+    empty, _ = Catalog.restore(settings, SnapshotStore(tmp_path / "nothing"))
     assert len(empty) == 0 and empty.position == START and empty.search(vector(1), 5, {}) == []
 
 
@@ -134,11 +135,14 @@ def test_journal_entries_round_trip_through_a_stream(client):
 
 
 def test_trimmed_past_tells_when_entries_after_a_position_are_gone(client):
-    ids = [client.xadd(keys.JOURNAL, delete_entry(f"p{n}")).decode() for n in range(4)]
-    assert not trimmed_past(client, ids[0])
-    client.xtrim(keys.JOURNAL, minid=ids[2], approximate=False)
-    assert trimmed_past(client, ids[0])
-    assert not trimmed_past(client, ids[2])
+    ids = [client.xadd(keys.JOURNAL, delete_entry(f"p{n}")).decode() for n in range(5)]
+    assert not trimmed_past(client, START)
+    assert trim_before(client, ids[3]) == 3
+    assert [entry.position for entry in read_after(client, START, block_ms=None)] == ids[3:]
+    assert trimmed_past(client, START) and trimmed_past(client, ids[0])
+    assert trimmed_past(client, ids[1])  # ids[2] is gone
+    assert not trimmed_past(client, ids[2]) and not trimmed_past(client, ids[4])
+    assert trim_before(client, ids[3]) == 0  # nothing older left
 
 
 def test_replica_loads_the_snapshot_then_follows_the_journal(client, redis_server, tmp_path):
@@ -147,8 +151,8 @@ def test_replica_loads_the_snapshot_then_follows_the_journal(client, redis_serve
     for n in range(3):
         client.xadd(keys.JOURNAL, upsert_entry(f"s{n}", vector(n), MODEL, {"n": str(n)}))
     writer_side.apply(read_after(client, START, block_ms=None))
-    writer_side.save(tmp_path / "index")
-    client.xtrim(keys.JOURNAL, minid=writer_side.position, approximate=False)
+    writer_side.save(SnapshotStore(tmp_path / "index"))
+    trim_before(client, writer_side.position)
     replica = Replica(settings, client).start()
     try:
         client.xadd(keys.JOURNAL, upsert_entry("late", vector(7), MODEL, {"n": "7"}))
@@ -172,8 +176,8 @@ def test_a_lagging_replica_reloads_the_snapshot_when_the_journal_was_trimmed(
     for n in range(3):
         client.xadd(keys.JOURNAL, upsert_entry(f"new{n}", vector(10 + n), MODEL, {}))
     writer_side.apply(read_after(client, START, block_ms=None))
-    writer_side.save(tmp_path / "index")
-    client.xtrim(keys.JOURNAL, minid=writer_side.position, approximate=False)
+    writer_side.save(SnapshotStore(tmp_path / "index"))
+    trim_before(client, writer_side.position)
     replica = Replica(settings, client)
     replica.catalog = stale  # as if it had stopped following before new0 and new1 were trimmed
     replica.loaded.set()

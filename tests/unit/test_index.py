@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from shared.errors import DimensionMismatch, InvalidVector, ModelMismatch, SnapshotError
-from shared.index import BRUTE_FORCE_MAX_FRACTION, BRUTE_FORCE_MAX_ITEMS, MANIFEST, VectorIndex
+from shared.index import BRUTE_FORCE_MAX_FRACTION, BRUTE_FORCE_MAX_ITEMS, INDEX_FILE, VectorIndex
+from tests.support.damage import HOW, damage
 
 DIM = 32
 MODEL = "resnet50-max-test"
@@ -239,8 +240,9 @@ def test_save_load_round_trip(filled, tmp_path: Path, rng):
     index.delete(ids[:20])
     extra = {"metadata": {"p21": {"gender": "Women"}}}
     manifest = index.save(tmp_path, journal_position="1700000000000-5", extra=extra)
-    assert manifest == tmp_path / MANIFEST
-    loaded = VectorIndex.load(tmp_path, model_id=MODEL, ef_search=64)
+    assert manifest["index_file"] == INDEX_FILE
+    assert manifest["index_bytes"] == (tmp_path / INDEX_FILE).stat().st_size
+    loaded = VectorIndex.load(tmp_path, manifest, model_id=MODEL, ef_search=64)
     assert loaded.journal_position == "1700000000000-5"
     assert loaded.extra == extra
     assert loaded.model_id == MODEL
@@ -257,73 +259,37 @@ def test_save_load_round_trip(filled, tmp_path: Path, rng):
     assert len(loaded) == 481
 
 
-def test_save_keeps_only_the_referenced_index_file(filled, tmp_path: Path):
-    index, _, _ = filled
-    index.save(tmp_path, journal_position="1-0")
-    index.delete(["p1"])
-    index.save(tmp_path)
-    files = sorted(path.name for path in tmp_path.iterdir())
-    assert len(files) == 2 and MANIFEST in files
-    assert VectorIndex.load(tmp_path).journal_position == "1-0"
-    assert "p1" not in VectorIndex.load(tmp_path)
-
-
-def index_file(directory: Path) -> Path:
-    (path,) = directory.glob("hnsw-*.bin")
-    return path
-
-
-def test_load_refuses_missing_snapshot(tmp_path: Path):
+@pytest.mark.parametrize("how", HOW)
+def test_load_refuses_a_damaged_index_file(filled, tmp_path: Path, how):
+    manifest = filled[0].save(tmp_path)
+    message = damage(tmp_path / INDEX_FILE, how)
     with pytest.raises(SnapshotError) as raised:
-        VectorIndex.load(tmp_path)
-    assert str(raised.value) == f"no snapshot in {tmp_path}: snapshot.json is missing"
-
-
-def test_load_refuses_unreadable_manifest(filled, tmp_path: Path):
-    filled[0].save(tmp_path)
-    (tmp_path / MANIFEST).write_text('{"format": 1, "model_')
-    with pytest.raises(SnapshotError, match=r"snapshot manifest .* is unreadable"):
-        VectorIndex.load(tmp_path)
-
-
-def test_load_refuses_missing_index_file(filled, tmp_path: Path):
-    filled[0].save(tmp_path)
-    path = index_file(tmp_path)
-    path.unlink()
-    with pytest.raises(SnapshotError) as raised:
-        VectorIndex.load(tmp_path)
-    assert str(raised.value) == f"snapshot index file {path} is missing"
-
-
-def test_load_refuses_truncated_index_file(filled, tmp_path: Path):
-    filled[0].save(tmp_path)
-    path = index_file(tmp_path)
-    size = path.stat().st_size
-    with path.open("r+b") as file:
-        file.truncate(size // 2)
-    with pytest.raises(SnapshotError) as raised:
-        VectorIndex.load(tmp_path)
-    message = (
-        f"snapshot index file {path} is partial or corrupt: {size // 2} bytes, expected {size}"
-    )
+        VectorIndex.load(tmp_path, manifest)
     assert str(raised.value) == message
 
 
-def test_load_refuses_corrupted_index_file(filled, tmp_path: Path):
-    filled[0].save(tmp_path)
-    path = index_file(tmp_path)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("format", 9, "format 9 is not supported"),
+        ("space", "l2", "space 'l2' is not 'cosine'"),
+        ("index_file", "../x.bin", "index_file '../x.bin' is not 'hnsw.bin'"),
+        ("count", 3, "count 3 does not match"),
+    ],
+)
+def test_load_refuses_an_invalid_manifest(filled, tmp_path: Path, field, value, problem):
+    manifest = {**filled[0].save(tmp_path), field: value}
+    with pytest.raises(SnapshotError, match=rf"snapshot manifest in {tmp_path} is invalid: .*"):
+        VectorIndex.load(tmp_path, manifest)
     with pytest.raises(SnapshotError) as raised:
-        VectorIndex.load(tmp_path)
-    assert str(raised.value) == f"snapshot index file {path} is corrupt: sha256 does not match"
+        VectorIndex.load(tmp_path, manifest)
+    assert problem in str(raised.value)
 
 
 def test_load_refuses_other_model(filled, tmp_path: Path):
-    filled[0].save(tmp_path)
+    manifest = filled[0].save(tmp_path)
     with pytest.raises(ModelMismatch) as raised:
-        VectorIndex.load(tmp_path, model_id="resnet50-avg-other")
+        VectorIndex.load(tmp_path, manifest, model_id="resnet50-avg-other")
     assert str(raised.value) == (
         "snapshot was built with model resnet50-max-test, this process uses resnet50-avg-other"
     )

@@ -1,0 +1,154 @@
+"""Index snapshots: published atomically, verified on load, the newest `keep` kept.
+
+Each snapshot is a folder named by its journal position (so names sort in journal order) holding
+the index file and `manifest.json` (sizes, SHA-256, journal position, model id). A snapshot exists
+once its manifest does: the manifest is written last. Loading tries the newest first and falls
+back to older ones when a snapshot is missing a file, cut short or corrupt; the writer keeps the
+journal back to the oldest snapshot kept, so an older snapshot plus the journal is still the whole
+index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.errors import SnapshotError
+from shared.index import VectorIndex
+from shared.journal import position_key
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+PARTIAL = ".partial"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A committed snapshot: its folder and the journal position it holds."""
+
+    name: str
+    folder: Path
+    position: str
+
+
+@dataclass
+class Loaded:
+    """The newest snapshot that loaded, if any, and why newer ones were refused."""
+
+    index: VectorIndex | None
+    snapshot: Snapshot | None
+    refused: list[str] = field(default_factory=list)
+
+
+class SnapshotStore:
+    """Snapshots in a local directory (one folder each); the newest `keep` are kept."""
+
+    def __init__(self, root: Path, keep: int = 2) -> None:
+        self.root = Path(root)
+        self.keep = max(keep, 1)
+
+    def publish(self, index: VectorIndex, position: str, extra: dict[str, Any]) -> Snapshot:
+        """Write a snapshot at position: files into a partial folder, manifest, then rename."""
+        name = snapshot_name(position)
+        partial = self.root / f"{name}{PARTIAL}"
+        manifest = index.save(partial, position, extra)
+        _write_durably(partial / MANIFEST, json.dumps(manifest).encode())
+        final = self.root / name
+        os.replace(partial, final)
+        _fsync_directory(self.root)
+        return Snapshot(name, final, position)
+
+    def snapshots(self) -> list[Snapshot]:
+        """Committed snapshots (a folder with a manifest), newest first."""
+        if not self.root.is_dir():
+            return []
+        found = [
+            Snapshot(folder.name, folder, position_of(folder.name))
+            for folder in self.root.iterdir()
+            if folder.is_dir() and not folder.name.endswith(PARTIAL)
+            if (folder / MANIFEST).is_file() and _is_name(folder.name)
+        ]
+        return sorted(found, key=lambda snap: position_key(snap.position), reverse=True)
+
+    def load_newest(self, model_id: str | None = None, ef_search: int = 64) -> Loaded:
+        """The newest snapshot that verifies and loads; the reasons newer ones were refused."""
+        refused: list[str] = []
+        for snapshot in self.snapshots():
+            try:
+                manifest = json.loads((snapshot.folder / MANIFEST).read_bytes())
+                index = VectorIndex.load(snapshot.folder, manifest, model_id, ef_search)
+            except (OSError, ValueError, SnapshotError) as exc:
+                reason = f"snapshot {snapshot.name} refused: {exc}"
+                log.error("%s; trying an older one", reason)
+                refused.append(reason)
+                continue
+            return Loaded(index, snapshot, refused)
+        return Loaded(None, None, refused)
+
+    def kept_from(self) -> str | None:
+        """The journal position the journal must be kept back to (None: keep all of it).
+
+        That of the oldest of the newest `keep` snapshots, once there are that many.
+        """
+        snapshots = self.snapshots()
+        if len(snapshots) < self.keep:
+            return None
+        return snapshots[self.keep - 1].position
+
+    def prune(self, still_allowed: Callable[[], bool] = lambda: True) -> list[str]:
+        """Remove snapshots older than the newest `keep`, and partial folders; their names.
+
+        still_allowed is asked just before removing anything: a writer that lost its lock
+        must not delete what the writer holding it may rely on.
+        """
+        doomed = [snap.folder for snap in self.snapshots()[self.keep :]]
+        doomed += self._partials()
+        if not doomed or not still_allowed():
+            return []
+        for folder in doomed:
+            shutil.rmtree(folder, ignore_errors=True)
+        return [folder.name for folder in doomed]
+
+    def _partials(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [folder for folder in self.root.glob(f"*{PARTIAL}") if folder.is_dir()]
+
+
+def snapshot_name(position: str) -> str:
+    """A folder name that sorts in journal order and is unique to this write."""
+    millis, sequence = position_key(position)
+    return f"{millis:016d}-{sequence:010d}-{uuid.uuid4().hex[:8]}"
+
+
+def position_of(name: str) -> str:
+    millis, sequence, _ = name.split("-")
+    return f"{int(millis)}-{int(sequence)}"
+
+
+def _is_name(name: str) -> bool:
+    parts = name.split("-")
+    return len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,108 @@
+"""How a task ends, however many deliveries of it run: against a real redis-server, no worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis
+
+from shared import keys
+from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, failure
+from workers.publish import Publisher
+
+MODEL = "resnet50-test"
+VECTOR = np.linspace(0.1, 1.0, 2048, dtype=np.float32)
+
+
+@pytest.fixture
+def client(redis_server) -> redis.Redis:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    return client
+
+
+@pytest.fixture
+def tasks(client) -> TaskStore:
+    return TaskStore(client, ttl=600)
+
+
+@pytest.fixture
+def publisher(client, tasks) -> Publisher:
+    return Publisher(client, tasks, search_ttl=60)
+
+
+def posted(client, tasks, product_id: str = "p1", kind: str = "index") -> TaskRecord:
+    """A task as the API stages it: record, upload and (for an index task) the product."""
+    record = TaskRecord(task_id=f"t-{product_id}-{kind}", kind=kind, product_id=product_id)  # type: ignore[arg-type]
+    pipe = client.pipeline()
+    tasks.save(record, pipe)
+    pipe.set(keys.upload(record.task_id), b"image bytes")
+    if kind == "index":
+        ProductStore.stage(pipe, product_id, record.task_id, {"n": 1})
+    pipe.execute()
+    return record
+
+
+def delivery(tasks, record: TaskRecord) -> TaskRecord:
+    """The record as one delivery of the task reads it."""
+    copy = tasks.get(record.task_id)
+    assert copy is not None
+    return copy
+
+
+def end(publisher, record: TaskRecord, how: str) -> bool:
+    if how == "indexed":
+        return publisher.indexed(record, VECTOR, MODEL, b"image bytes", b"thumb")
+    if how == "search":
+        return publisher.search_done(record, VECTOR, MODEL)
+    if how == "failed":
+        return publisher.fail(record, failure("upload_expired", "gone"))
+    return publisher.start(record)
+
+
+@pytest.mark.parametrize("kind", ["index", "search"])
+@pytest.mark.parametrize("late", ["indexed", "search", "failed", "running"])
+def test_a_second_delivery_never_changes_a_finished_task(client, tasks, publisher, kind, late):
+    record = posted(client, tasks, kind=kind)
+    first, second = delivery(tasks, record), delivery(tasks, record)
+    assert publisher.start(first) and publisher.start(second)  # both took it: a redelivery
+    assert end(publisher, first, "indexed" if kind == "index" else "search")
+    journal = client.xlen(keys.JOURNAL)
+    assert not end(publisher, second, late)
+    stored = tasks.get(record.task_id)
+    assert stored is not None and stored.state == TaskState.SUCCEEDED and stored.error is None
+    assert client.xlen(keys.JOURNAL) == journal  # no second vector in the journal
+
+
+def test_a_failed_task_stays_failed_when_a_late_delivery_succeeds(client, tasks, publisher):
+    record = posted(client, tasks)
+    first, second = delivery(tasks, record), delivery(tasks, record)
+    publisher.fail(first, failure("invalid_vector", "no direction"))
+    assert not publisher.indexed(second, VECTOR, MODEL, b"image bytes", b"thumb")
+    assert tasks.get(record.task_id).state == TaskState.FAILED  # type: ignore[union-attr]
+    assert client.xlen(keys.JOURNAL) == 0
+
+
+def test_a_later_post_of_the_product_supersedes_an_earlier_task(client, tasks, publisher):
+    earlier = posted(client, tasks)
+    later = TaskRecord(task_id="t-later", kind="index", product_id="p1")
+    pipe = client.pipeline()
+    ProductStore.stage(pipe, "p1", later.task_id, {"n": 2})
+    pipe.execute()
+    assert not publisher.indexed(earlier, VECTOR, MODEL, b"image bytes", b"thumb")
+    stored = tasks.get(earlier.task_id)
+    assert stored is not None and stored.state == TaskState.FAILED
+    assert stored.error == failure(
+        "superseded", "product p1 was changed or deleted by a later request"
+    )
+    assert client.xlen(keys.JOURNAL) == 0 and not client.exists(keys.upload(earlier.task_id))
+
+
+def test_indexing_records_the_product_as_indexed_and_no_longer_lost(client, tasks, publisher):
+    record = posted(client, tasks)
+    client.sadd(keys.LOST, "p1")
+    assert publisher.indexed(delivery(tasks, record), VECTOR, MODEL, b"image bytes", b"thumb")
+    assert client.sismember(keys.INDEXED, "p1") and not client.sismember(keys.LOST, "p1")
+    product = ProductStore(client).get("p1")
+    assert product is not None and product["indexed"] and product["pending_task"] is None
+    assert not client.exists(keys.upload(record.task_id))
