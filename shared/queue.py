@@ -30,6 +30,12 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
         worker_hijack_root_logger=False,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
+            # A dead worker's messages come back about visibility_timeout after it took them:
+            # look for them every sixth of it (kombu's default is every 100 s), and let the
+            # sweep's mutex expire soon if a worker dies holding it (default 300 s).
+            "unacked_restore_interval": max(1, settings.visibility_timeout // 6),
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 30,
             "priority_steps": PRIORITY_STEPS,
             "queue_order_strategy": "priority",
         },

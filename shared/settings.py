@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         0.05, gt=0, description="Seconds an embed worker waits to fill a batch."
     )
     visibility_timeout: int = Field(
-        60, ge=5, description="Seconds before an unacknowledged task is redelivered."
+        30, ge=5, description="Seconds before an unacknowledged task is redelivered."
     )
     task_time_limit: int = Field(300, ge=1, description="Hard time limit of one task, seconds.")
     task_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds task records are kept.")

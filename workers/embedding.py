@@ -102,6 +102,13 @@ def process_batch(task_ids: list[str]) -> None:
         log.exception("forward pass failed for %d tasks", len(jobs))
         results = [exc] * len(jobs)
     record_batch_stats(embedder.forward_passes - passes, len(jobs), started)
+    took = time.perf_counter() - started
+    if took > settings.visibility_timeout / 2:
+        log.warning(
+            "a batch of %d took %.1fs, over half of LOOKALIKE_VISIBILITY_TIMEOUT (%ds): its "
+            "messages may be delivered again; use a smaller LOOKALIKE_BATCH_SIZE",
+            len(jobs), took, settings.visibility_timeout,
+        )  # fmt: skip
     for job, result in zip(jobs, results, strict=True):
         try:
             finish(job, result, embedder)
