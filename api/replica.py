@@ -12,7 +12,7 @@ from shared.catalog import Catalog
 from shared.follower import read_after, trimmed_past
 from shared.journal import position_key
 from shared.settings import Settings
-from shared.snapshots import SnapshotStore
+from shared.snapshots import open_store
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class Replica:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.client = client
-        self.store = SnapshotStore(settings.data_dir / "index", settings.snapshots_kept)
+        self.store = open_store(settings)
         self.catalog = Catalog(settings)
         self.loaded = threading.Event()
         self.last_error: str | None = None

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(16384, ge=2, description="Largest metadata JSON accepted.")
     thumbnail_size: int = Field(256, ge=16, le=1024, description="Longest side of thumbnails.")
 
+    snapshot_url: str | None = Field(
+        None,
+        description="Where index snapshots are published and fetched: a directory (default "
+        "data_dir/index) or s3://bucket/prefix (AWS_* variables as for AWS tools).",
+    )
+
     # Durability and backpressure.
     snapshots_kept: int = Field(
         2,

@@ -23,6 +23,7 @@ from typing import Any
 from shared.errors import SnapshotError
 from shared.index import VectorIndex
 from shared.journal import position_key
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -73,7 +74,7 @@ class SnapshotStore:
             Snapshot(folder.name, folder, position_of(folder.name))
             for folder in self.root.iterdir()
             if folder.is_dir() and not folder.name.endswith(PARTIAL)
-            if (folder / MANIFEST).is_file() and _is_name(folder.name)
+            if (folder / MANIFEST).is_file() and is_snapshot_name(folder.name)
         ]
         return sorted(found, key=lambda snap: position_key(snap.position), reverse=True)
 
@@ -82,8 +83,7 @@ class SnapshotStore:
         refused: list[str] = []
         for snapshot in self.snapshots():
             try:
-                manifest = json.loads((snapshot.folder / MANIFEST).read_bytes())
-                index = VectorIndex.load(snapshot.folder, manifest, model_id, ef_search)
+                index = self._open(snapshot, model_id, ef_search)
             except (OSError, ValueError, SnapshotError) as exc:
                 reason = f"snapshot {snapshot.name} refused: {exc}"
                 log.error("%s; trying an older one", reason)
@@ -91,6 +91,10 @@ class SnapshotStore:
                 continue
             return Loaded(index, snapshot, refused)
         return Loaded(None, None, refused)
+
+    def _open(self, snapshot: Snapshot, model_id: str | None, ef_search: int) -> VectorIndex:
+        manifest = json.loads((snapshot.folder / MANIFEST).read_bytes())
+        return VectorIndex.load(snapshot.folder, manifest, model_id, ef_search)
 
     def kept_from(self) -> str | None:
         """The journal position the journal must be kept back to (None: keep all of it).
@@ -108,13 +112,16 @@ class SnapshotStore:
         still_allowed is asked just before removing anything: a writer that lost its lock
         must not delete what the writer holding it may rely on.
         """
-        doomed = [snap.folder for snap in self.snapshots()[self.keep :]]
-        doomed += self._partials()
+        doomed = [snap.name for snap in self.snapshots()[self.keep :]]
+        doomed += [folder.name for folder in self._partials()]
         if not doomed or not still_allowed():
             return []
-        for folder in doomed:
-            shutil.rmtree(folder, ignore_errors=True)
-        return [folder.name for folder in doomed]
+        for name in doomed:
+            self._remove(name)
+        return doomed
+
+    def _remove(self, name: str) -> None:
+        shutil.rmtree(self.root / name, ignore_errors=True)
 
     def _partials(self) -> list[Path]:
         if not self.root.is_dir():
@@ -133,7 +140,7 @@ def position_of(name: str) -> str:
     return f"{int(millis)}-{int(sequence)}"
 
 
-def _is_name(name: str) -> bool:
+def is_snapshot_name(name: str) -> bool:
     parts = name.split("-")
     return len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit()
 
@@ -152,3 +159,17 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_store(settings: Settings) -> SnapshotStore:
+    """The store LOOKALIKE_SNAPSHOT_URL names: a directory (default data_dir/index) or S3."""
+    url = settings.snapshot_url
+    if url is not None and url.startswith("s3://"):
+        from shared.s3_snapshots import S3SnapshotStore
+
+        return S3SnapshotStore(url, settings.data_dir / "snapshot-cache", settings.snapshots_kept)
+    if url is None:
+        root = settings.data_dir / "index"
+    else:
+        root = Path(url.removeprefix("file://")).expanduser()
+    return SnapshotStore(root, settings.snapshots_kept)

@@ -22,7 +22,7 @@ from shared.catalog import Catalog
 from shared.follower import read_after, trim_before
 from shared.records import connect
 from shared.settings import Settings, get_settings
-from shared.snapshots import SnapshotStore
+from shared.snapshots import open_store
 from workers.restore import restore
 
 log = logging.getLogger("lookalike.writer")
@@ -35,7 +35,7 @@ class IndexWriter:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.client = client
-        self.store = SnapshotStore(settings.data_dir / "index", settings.snapshots_kept)
+        self.store = open_store(settings)
         self.token = uuid.uuid4().hex
         # Token-checked: only the holder can extend or release it.
         self.lock = Lock(client, keys.WRITER_LOCK, timeout=LOCK_TTL, thread_local=False)
