@@ -24,7 +24,10 @@ def api_server(bind: str, python: str = sys.executable) -> list[str]:
     return [*argv, "--timeout", "120", API_APP]
 
 
-def flower(broker_url: str, host: str, port: int, python: str = sys.executable) -> list[str]:
-    """Celery's monitoring UI for the embed queue; it needs only the broker, no project code."""
-    argv = [python, "-m", "celery", "--broker", broker_url, "flower"]
+def flower(host: str, port: int, python: str = sys.executable) -> list[str]:
+    """Celery's monitoring UI for the embed queue; it needs only the broker, no project code.
+
+    The broker comes from CELERY_BROKER_URL in its environment: it may hold a password.
+    """
+    argv = [python, "-m", "celery", "flower"]
     return [*argv, f"--address={host}", f"--port={port}"]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import os
+import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import redis
 from redis.backoff import NoBackoff
@@ -18,6 +23,15 @@ from redis.retry import Retry
 from shared.errors import RedisUnavailable
 
 LOG_TAIL_LINES = 20
+CONTROL_USER = "lookalike-control"
+# What the application's user may not run: server administration (CONFIG, DEBUG, SHUTDOWN,
+# MONITOR, ACL, SAVE, REPLICAOF, CLIENT KILL, ...) and wiping the data. Redis 6.2 files all of
+# CLIENT under @admin, so the connection housekeeping that clients send is allowed back.
+APP_RULES = (
+    *("~*", "&*", "+@all", "-@admin", "-flushall", "-flushdb", "-swapdb"),
+    *("+client|setname", "+client|getname", "+client|id"),
+)
+PASSWORD_FILE = "password"
 
 
 def find_redis_server() -> str:
@@ -56,6 +70,22 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def read_or_create_password(path: Path) -> str:
+    """The password kept in `path` (mode 0600), made there the first time (or when empty)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)  # a copied or restored file may be readable
+        password = path.read_text().strip()
+        if password:
+            return password
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(32) + "\n")
+    partial.replace(path)  # a reader sees no file or the whole password, never a part
+    return path.read_text().strip()
+
+
 def _is_redis_process(pid: int) -> bool:
     """Whether `pid` is a live redis-server process."""
     try:
@@ -71,7 +101,15 @@ def _is_redis_process(pid: int) -> bool:
 
 
 class RedisServer:
-    """One redis-server child process on 127.0.0.1; its data, log and pid file in `directory`."""
+    """One redis-server child process on 127.0.0.1; its data, log and pid file in `directory`.
+
+    Without a password anyone on this host may run any command. With one, clients of `url`
+    authenticate as Redis' default user, which may not administer the server (APP_RULES); our
+    own control connection (readiness, SHUTDOWN) uses a second user whose password lives only
+    in this object.
+    """
+
+    name = "redis"
 
     def __init__(
         self,
@@ -81,6 +119,9 @@ class RedisServer:
         *,
         executable: str | None = None,
         start_timeout: float = 10.0,
+        password: str | None = None,
+        appendfsync: Literal["everysec", "always"] = "everysec",
+        maxmemory: int | None = None,
     ) -> None:
         self.directory = Path(directory).resolve()
         # Chosen once, so that the URL stays valid across restarts.
@@ -88,12 +129,17 @@ class RedisServer:
         self.appendonly = appendonly
         self.executable = executable or find_redis_server()
         self.start_timeout = start_timeout
+        self.password = password
+        self.appendfsync = appendfsync
+        self.maxmemory = maxmemory
+        self._control_password = secrets.token_urlsafe(32) if password else None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """The URL clients connect with, database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL clients connect with, database 0 (with the password, when there is one)."""
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -116,20 +162,36 @@ class RedisServer:
         return self.directory / "redis.pid"
 
     def argv(self) -> list[str]:
-        """The command line; the flags work with redis-server 6.2 and 7."""
-        return [
+        """The command line; the flags work with redis-server 6.2 and 7.
+
+        Passwords appear only as SHA-256 digests: a command line is readable by every user.
+        """
+        argv = [
             self.executable,
             *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)),
-            *("--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec"),
-            *("--save", "", "--daemonize", "no"),
+            *("--appendonly", "yes" if self.appendonly else "no"),
+            *("--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no"),
             *("--logfile", str(self.log_path), "--pidfile", str(self.pidfile)),
         ]
+        if self.maxmemory is not None:
+            argv += ["--maxmemory", str(self.maxmemory), "--maxmemory-policy", "noeviction"]
+        if self.password and self._control_password:
+            argv += ["--user", "default", "reset", "on", _digest(self.password), *APP_RULES]
+            argv += ["--user", CONTROL_USER, "on", _digest(self._control_password)]
+            argv += ["~*", "&*", "+@all"]
+        return argv
+
+    def poll(self) -> int | None:
+        """The exit code once the process has exited (reaping it), else None."""
+        return self._process.poll() if self._process is not None else None
 
     def start(self) -> None:
         """Start redis-server and wait until it answers PING; no-op if it runs already."""
         if self.running:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.password:
+            self.directory.chmod(stat.S_IRWXU)  # the password file and the data: ours alone
         self._refuse_if_in_use()
         with self.log_path.open("ab") as log:
             # Its own session: a Ctrl-C meant for our parent must not stop Redis before the
@@ -147,14 +209,17 @@ class RedisServer:
             self.kill()
             raise
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Shut down gracefully (SHUTDOWN fsyncs the AOF) and wait; SIGKILL after `timeout`."""
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Shut down gracefully (SHUTDOWN fsyncs the AOF) and wait; SIGKILL after `timeout`.
+
+        The exit code, or None when it was not started.
+        """
         process = self._process
         if process is None:
-            return
+            return None
         if process.poll() is None:
             try:
-                with self._client(timeout) as client:
+                with self.control_client(timeout) as client:
                     client.shutdown()
             except redis.RedisError:
                 process.terminate()  # SIGTERM is a graceful shutdown for redis-server too
@@ -164,6 +229,7 @@ class RedisServer:
                 process.kill()
                 process.wait()
         self._process = None
+        return process.returncode
 
     def kill(self) -> None:
         """SIGKILL the process (no flush: what the last fsync wrote survives) and reap it."""
@@ -190,11 +256,14 @@ class RedisServer:
     ) -> None:
         self.stop()
 
-    def _client(self, timeout: float) -> redis.Redis:
+    def control_client(self, timeout: float = 5.0) -> redis.Redis:
+        """A client that may run every command (CONFIG, SHUTDOWN, ...): our control user's."""
         # No retries: after SHUTDOWN the refused reconnects would only add backoff delays.
         return redis.Redis(
             host="127.0.0.1",
             port=self.port,
+            username=CONTROL_USER if self._control_password else None,
+            password=self._control_password,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
@@ -202,7 +271,7 @@ class RedisServer:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
-        with self._client(1.0) as client:
+        with self.control_client(1.0) as client:
             while True:
                 code = self._process.poll() if self._process is not None else None
                 if code is not None:
@@ -235,3 +304,8 @@ class RedisServer:
             lines = []
         tail = "\n".join("  " + line for line in lines) or "  (empty)"
         return f"{message} ({self.executable}, port {self.port}); end of {self.log_path}:\n{tail}"
+
+
+def _digest(password: str) -> str:
+    """An ACL password rule by SHA-256 digest, so that the password never reaches argv."""
+    return "#" + hashlib.sha256(password.encode()).hexdigest()

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 from cli import processes
-from cli.redis_server import RedisServer, free_port, port_is_free
-from cli.supervisor import OWN_LABEL, ProcessSpec, Supervisor
+from cli.redis_server import (
+    PASSWORD_FILE,
+    RedisServer,
+    free_port,
+    port_is_free,
+    read_or_create_password,
+)
+from cli.supervisor import OWN_LABEL, ProcessSpec, Service, Supervisor
 from shared.errors import LookalikeError, WeightsUnavailable
 from shared.model_id import IMAGENET_NOTOP_FILE
 from shared.settings import Settings
@@ -19,17 +27,76 @@ from shared.settings import Settings
 PORT_FILE = "port"
 
 
-def start_embedded_redis(settings: Settings) -> RedisServer:
-    """Start the appendonly Redis in data_dir/redis, on the port it had last time if still free."""
+def embedded_redis(settings: Settings) -> RedisServer:
+    """The appendonly Redis of data_dir/redis, not started: its password (made once), the port
+    it had last time if still free, and the settings' fsync policy and memory limit."""
     directory = settings.data_dir.resolve() / "redis"
     port_file = directory / PORT_FILE
     stored = _read_port(port_file)
     port = stored if stored is not None and port_is_free(stored) else free_port()
     if port != stored:
         _write_port(port_file, port)
-    server = RedisServer(directory, port=port, appendonly=True)
+    return RedisServer(
+        directory,
+        port=port,
+        appendonly=True,
+        password=read_or_create_password(directory / PASSWORD_FILE),
+        appendfsync=settings.appendfsync,
+        maxmemory=settings.redis_maxmemory,
+    )
+
+
+def start_embedded_redis(settings: Settings) -> RedisServer:
+    """The embedded Redis (see `embedded_redis`), started."""
+    server = embedded_redis(settings)
     server.start()
     return server
+
+
+def check_exposure(
+    settings: Settings, host: str, insecure: bool, flower: int | None = None
+) -> None:
+    """Refuse to listen beyond loopback without an API key (or at all, for Flower), unless
+    `insecure`: anyone who reaches an open API can add and delete products."""
+    if insecure or is_loopback(host):
+        return
+    if not settings.api_keys:
+        raise LookalikeError(
+            f"refusing to serve the API on {host} without an API key: anyone who can reach it "
+            "could add and delete products. Set LOOKALIKE_API_KEY, use --host 127.0.0.1, or "
+            "pass --insecure"
+        )
+    if flower is not None:
+        raise LookalikeError(
+            f"refusing to serve Flower on {host}: it has no authentication, and anyone who can "
+            "reach it could control the workers. Use --host 127.0.0.1, or pass --insecure"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (127.0.0.0/8, ::1) or localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(settings: Settings, host: str) -> str | None:
+    """The warning for an API that `--insecure` lets listen beyond loopback without a key."""
+    if is_loopback(host) or settings.api_keys:
+        return None
+    return f"warning: --insecure: anyone who can reach {host} can add and delete products"
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password, if any, replaced by ****."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{host}"))
 
 
 def child_env(settings: Settings, redis_url: str) -> dict[str, str]:
@@ -55,8 +122,35 @@ def stack_specs(settings: Settings, redis_url: str, host: str, port: int) -> lis
         # Celery's warm shutdown finishes the batch in hand; a SIGKILL only gets it redelivered.
         ProcessSpec("embed", processes.embed_worker(python=python), env, stop_timeout=30),
         ProcessSpec("writer", processes.index_writer(python), env),
-        ProcessSpec("api", processes.api_server(_address(host, port), python), env),
+        ProcessSpec("api", api_argv(host, port, python), env),
     ]
+
+
+def api_argv(host: str, port: int, python: str = sys.executable) -> list[str]:
+    """The API process listening on host:port."""
+    return processes.api_server(_address(host, port), python)
+
+
+def flower_spec(settings: Settings, redis_url: str, host: str, port: int) -> ProcessSpec:
+    """Flower, given the broker in its environment: a command line is readable by every user."""
+    env = {**child_env(settings, redis_url), "CELERY_BROKER_URL": redis_url}
+    return ProcessSpec("flower", processes.flower(host, port), env)
+
+
+def serve_api(settings: Settings, host: str, port: int, insecure: bool) -> NoReturn:
+    """`lookalike api`: become one API process (gunicorn) on LOOKALIKE_REDIS_URL."""
+    check_exposure(settings, host, insecure)
+    if settings.redis_url is None:
+        raise LookalikeError(
+            "LOOKALIKE_REDIS_URL is not set: `lookalike api` serves the data of a Redis that "
+            "runs already (`lookalike up` starts its own)"
+        )
+    warning = exposure_warning(settings, host)
+    if warning:
+        print(f"{OWN_LABEL} | {warning}", flush=True)
+    argv = api_argv(host, port)
+    # exec, not a child: in a container gunicorn is then the process that gets the stop signal.
+    os.execv(argv[0], argv)
 
 
 def choose_weights(settings: Settings, demo: bool) -> tuple[Settings, str | None]:
@@ -84,49 +178,55 @@ def choose_weights(settings: Settings, demo: bool) -> tuple[Settings, str | None
 
 
 def run_stack(
-    settings: Settings, host: str, port: int, demo: int = 0, flower: int | None = None
+    settings: Settings,
+    host: str,
+    port: int,
+    demo: int = 0,
+    flower: int | None = None,
+    insecure: bool = False,
 ) -> int:
-    """Run the whole stack until SIGINT/SIGTERM or a process fails; the exit code.
+    """Run the whole stack, restarting what exits, until SIGINT/SIGTERM, a process that cannot
+    run as configured or one that keeps crashing; the exit code.
 
     With demo > 0, once the stack is ready a demo catalog of that many items is written (once)
     into the data directory and imported, and the gallery's address is printed. With a flower
     port, Celery's Flower UI runs too.
     """
+    check_exposure(settings, host, insecure, flower)
     settings, notice = choose_weights(settings, demo > 0)
-    if notice:
-        print(f"{OWN_LABEL} | {notice}", flush=True)
-    server: RedisServer | None = None
-    if settings.redis_url is None:
-        server = start_embedded_redis(settings)
-        redis_url = server.url
-        redis_note = f"{redis_url} (ours, data in {server.directory})"
-    else:
-        redis_url = redis_note = settings.redis_url
-    try:
-        specs = stack_specs(settings, redis_url, host, port)
+    for line in (notice, exposure_warning(settings, host)):
+        if line:
+            print(f"{OWN_LABEL} | {line}", flush=True)
+    server, redis_url, redis_note = _redis(settings)
+    # Our Redis starts first and stops last, after every process that writes to it.
+    children: list[ProcessSpec | Service] = [server] if server is not None else []
+    children += stack_specs(settings, redis_url, host, port)
+    if flower is not None:
+        children.append(flower_spec(settings, redis_url, host, flower))
+    supervisor = Supervisor(children)
+    url = f"http://{_address(_reachable(host), port)}"
+
+    def announce() -> None:
+        supervisor.log(OWN_LABEL, f"API on {url}/, Redis {redis_note}")
         if flower is not None:
-            argv = processes.flower(redis_url, host, flower)
-            specs.append(ProcessSpec("flower", argv, child_env(settings, redis_url)))
-        supervisor = Supervisor(specs)
+            supervisor.log(OWN_LABEL, f"Flower on http://{_address(_reachable(host), flower)}/")
+        supervisor.log(OWN_LABEL, "Ctrl-C stops everything")
+        if demo > 0:
+            threading.Thread(
+                target=import_demo, args=(settings, url, demo, supervisor), daemon=True
+            ).start()
 
-        url = f"http://{_address(_reachable(host), port)}"
+    return supervisor.run(on_started=announce)
 
-        def announce() -> None:
-            supervisor.log(OWN_LABEL, f"API on {url}/, Redis {redis_note}")
-            if flower is not None:
-                supervisor.log(OWN_LABEL, f"Flower on http://{_address(_reachable(host), flower)}/")
-            supervisor.log(OWN_LABEL, "Ctrl-C stops everything")
-            if demo > 0:
-                threading.Thread(
-                    target=import_demo, args=(settings, url, demo, supervisor), daemon=True
-                ).start()
 
-        return supervisor.run(on_started=announce)
-    finally:
-        if server is not None:
-            # After the children, so nothing writes any more; SHUTDOWN fsyncs the append-only file.
-            server.stop()
-            print(f"{OWN_LABEL} | redis stopped", flush=True)
+def _redis(settings: Settings) -> tuple[RedisServer | None, str, str]:
+    """Our own Redis (not started) unless LOOKALIKE_REDIS_URL is set, its URL, and a line that
+    says where it is without its password."""
+    if settings.redis_url is not None:
+        return None, settings.redis_url, mask_url(settings.redis_url)
+    server = embedded_redis(settings)
+    where = f"data in {server.directory}, password in {server.directory / PASSWORD_FILE}"
+    return server, server.url, f"{mask_url(server.url)} (ours, {where})"
 
 
 def import_demo(settings: Settings, url: str, n: int, supervisor: Supervisor) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,11 +13,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from cli.redis_server import free_port
+from cli.redis_server import RedisServer, free_port
 from shared.errors import EXIT_CONFIG
 from shared.model_id import RANDOM_MODEL_NOTICE, is_random_model
+from shared.settings import Settings
 from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
-from tests.support.client import post_product, product_image, wait_task
+from tests.support.client import post_product, product_image, similar, wait_task
 from tests.support.stack import wait_until
 
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
@@ -164,3 +166,75 @@ def test_demo_without_imagenet_runs_on_random_weights_and_says_so(tmp_path):
     assert len(notices) == 1 and "set LOOKALIKE_WEIGHTS to its path" in notices[0]
     assert is_random_model(readyz["model_id"]) and readyz["notice"] == RANDOM_MODEL_NOTICE
     assert 'id="model-notice"' in gallery and readyz["model_id"] in gallery
+
+
+def metric(url: str, name: str) -> float:
+    """The value of the unlabelled metric `name` in the API's /metrics."""
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    return float(re.findall(rf"^{name} (\S+)$", text, re.M)[0])
+
+
+def started_pids(log: Path, name: str) -> list[int]:
+    """The pids `lookalike up` started `name` with, in order."""
+    return [int(pid) for pid in re.findall(rf"started {name} \(pid (\d+)\)", log.read_text())]
+
+
+def kill_and_wait_for_the_restart(log: Path, name: str, url: str) -> None:
+    pids = started_pids(log, name)
+    os.kill(pids[-1], signal.SIGKILL)
+    wait_until(lambda: len(started_pids(log, name)) > len(pids), 60, f"{name} not restarted")
+    wait_until(lambda: ready(url), 180, f"not ready again after {name} was killed")
+
+
+def test_up_restarts_a_killed_worker_api_and_redis(tmp_path, weights_file):
+    port, log = free_port(), tmp_path / "up.log"
+    url = f"http://127.0.0.1:{port}"
+    process = start_up(tmp_path / "data", weights_file, port, log)
+    try:
+        wait_until(lambda: ready(url), 180, "lookalike up did not get ready")
+        # INFO, which the API reads for its memory limit, is open to the stack's Redis user.
+        assert metric(url, "lookalike_redis_maxmemory_bytes") == Settings().redis_maxmemory
+        task = post_product(url, "before", product_image(1), {"n": 1}).json()["task_id"]
+        assert wait_task(url, task)["state"] == "succeeded"
+        time.sleep(1.5)  # appendfsync everysec: on disk by now
+        others = {name: started_pids(log, name) for name in ("embed", "writer", "api")}
+        kill_and_wait_for_the_restart(log, "redis", url)
+        # Redis came back under the processes that use it: they reconnected, none restarted.
+        assert {name: started_pids(log, name) for name in others} == others
+        assert requests.get(f"{url}/api/v1/products/before", timeout=5).json()["indexed"]
+        kill_and_wait_for_the_restart(log, "embed", url)
+        kill_and_wait_for_the_restart(log, "api", url)
+        task = post_product(url, "after", product_image(2), {"n": 2}).json()["task_id"]
+        assert wait_task(url, task)["state"] == "succeeded"
+        wait_until(lambda: similar(url, "after").ok, 10, "'after' is not in the replica")
+        assert [hit["product_id"] for hit in similar(url, "after").json()["results"]] == ["before"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(90) == 0, log.read_text()
+    password = (tmp_path / "data" / "redis" / "password").read_text().strip()
+    assert password not in log.read_text()
+    lines = log.read_text().splitlines()
+    for name in ("redis", "embed", "api"):
+        assert f"supervisor | {name} exited (killed by SIGKILL); restart 1 in 1.0s" in lines
+    assert not any("writer exited" in line for line in lines)
+    assert "supervisor | redis stopped (exit code 0)" in lines
+
+
+def test_api_runs_one_gunicorn_on_an_existing_redis(tmp_path):
+    port, log = free_port(), tmp_path / "api.log"
+    url = f"http://127.0.0.1:{port}"
+    with RedisServer(tmp_path / "redis", password="the-app-password") as server:
+        env = up_env(tmp_path / "data", None, LOOKALIKE_REDIS_URL=server.url)
+        process = subprocess.Popen(
+            [LOOKALIKE, "api", "--port", str(port)],
+            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: answers(f"{url}/healthz"), 60, "lookalike api did not answer")
+            # exec'd: the process we started is gunicorn's master, which gets our signals.
+            assert b"gunicorn" in Path(f"/proc/{process.pid}/cmdline").read_bytes()
+            assert post_product(url, "p1", product_image(3)).status_code == 202
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0, log.read_text()
+    assert "the-app-password" not in log.read_text()

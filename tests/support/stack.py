@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -22,7 +23,8 @@ class Stack:
 
     def __init__(self, root: Path, weights: Path, **settings: Any) -> None:
         self.root = root
-        self.redis = RedisServer(root / "redis")
+        # With a password, as `lookalike up` runs it: the stack works as Redis' restricted user.
+        self.redis = RedisServer(root / "redis", password=secrets.token_urlsafe(16))
         self.env = {
             **os.environ,
             "LOOKALIKE_WEIGHTS": str(weights),
@@ -61,9 +63,11 @@ class Stack:
     def start_writer(self, name: str = "writer") -> subprocess.Popen[bytes]:
         return self._spawn(name, processes.index_writer())
 
-    def start_api(self, name: str = "api") -> str:
+    def start_api(self, name: str = "api", **settings: Any) -> str:
+        """An API process; keyword arguments override its settings (LOOKALIKE_<NAME>)."""
         port = free_port()
-        self._spawn(name, processes.api_server(f"127.0.0.1:{port}"))
+        env = {f"LOOKALIKE_{key.upper()}": str(value) for key, value in settings.items()}
+        self._spawn(name, processes.api_server(f"127.0.0.1:{port}"), env)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _answers(url + "/healthz"), 60, f"{name} did not start")
         self.api_urls.append(url)

@@ -1,14 +1,17 @@
-"""The Docker deployment: docker-compose.yml and docker/Dockerfile* against the code they run.
+"""The Docker deployment: docker-compose.yml, .env.example and docker/Dockerfile* against the code
+they run.
 
 No Docker engine is needed: the compose file is read with PyYAML and the Dockerfiles with a small
-parser of their instructions. The commands are checked against `cli.stack.stack_specs`, the
-settings against `shared.settings.Settings`, the paths against this checkout.
+parser of their instructions. The commands are checked against `cli.stack.stack_specs` (a
+`lookalike ...` command through the CLI's own parser), the settings against
+`shared.settings.Settings`, the paths against this checkout.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
@@ -23,17 +26,21 @@ import pytest
 import yaml
 
 from cli import processes
-from cli.stack import stack_specs
+from cli.main import build_parser, cmd_api
+from cli.stack import api_argv, stack_specs
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu"]
 REDIS_URL = "redis://redis:6379/0"
 # Each compose service that runs one of `lookalike up`'s processes, and which one.
 STACK_PROCESS = {"api": "api", "writer": "writer", "embed": "embed", "embed-gpu": "embed"}
 LOOKALIKE_NAME = re.compile(r"\bLOOKALIKE_[A-Z0-9_]+")
-INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+# What the tests give compose for its required variables (`${NAME:?message}`).
+SHELL = {"LOOKALIKE_API_KEY": "a-key-of-the-tests"}
 
 
 # --- a small Dockerfile parser ---------------------------------------------------------------
@@ -186,9 +193,28 @@ def command(service: str) -> list[str]:
     return shlex.split(given) if isinstance(given, str) else [str(word) for word in given]
 
 
-def interpolate(value: str) -> str:
-    """Compose's `${NAME:-default}` with NAME unset: the default."""
-    return INTERPOLATION.sub(lambda m: m.group(2) or "", value)
+def interpolate(value: str, shell: dict[str, str] = SHELL) -> str:
+    """Compose's `${NAME:-default}` and `${NAME:?error}` with only `shell` set."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, kind, rest = match.groups()
+        if shell.get(name):
+            return shell[name]
+        if kind == "?":
+            raise LookupError(rest)
+        return rest or ""
+
+    return INTERPOLATION.sub(substitute, value)
+
+
+def compose_variables() -> set[str]:
+    return {match.group(1) for match in INTERPOLATION.finditer(COMPOSE_FILE.read_text())}
+
+
+def env_example() -> dict[str, str]:
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {name: value for name, value in pairs}
 
 
 def environment(service: str) -> dict[str, str]:
@@ -213,9 +239,18 @@ def volume_mounts(service: str) -> dict[str, str]:
     return mounts
 
 
+def resolved(argv: list[str]) -> list[str]:
+    """What a `lookalike api ...` command runs (it execs gunicorn); any other argv as it is."""
+    if Path(argv[0]).name != "lookalike":
+        return argv
+    args = build_parser().parse_args(argv[1:])
+    assert args.handler is cmd_api, f"only `lookalike api` runs in a container: {argv}"
+    return api_argv(args.host, args.port)
+
+
 def normalized(argv: list[str]) -> list[str]:
-    """argv without the `python -m` launcher and with any bind address masked."""
-    words = list(argv)
+    """argv resolved, without the `python -m` launcher and with any bind address masked."""
+    words = resolved(argv)
     if len(words) > 2 and words[1] == "-m" and Path(words[0]).name.startswith("python"):
         words = words[2:]
     if "--bind" in words:
@@ -240,7 +275,7 @@ def test_compose_defines_the_services_and_no_version_key() -> None:
 
 def test_every_lookalike_variable_is_a_setting() -> None:
     used: set[str] = set()
-    for path in [COMPOSE_FILE, *DOCKERFILES]:
+    for path in [COMPOSE_FILE, ENV_EXAMPLE, *DOCKERFILES]:
         used |= set(LOOKALIKE_NAME.findall(path.read_text()))
     assert used, "no LOOKALIKE_* variable found"
     fields = {f"LOOKALIKE_{name.upper()}" for name in Settings.model_fields}
@@ -271,10 +306,49 @@ def test_compose_commands_match_stack_specs(service: str) -> None:
 
 
 def test_flower_is_the_command_of_lookalike_up_flower_in_the_monitoring_profile() -> None:
-    expected = processes.flower(REDIS_URL, "0.0.0.0", 5555)
+    expected = processes.flower("0.0.0.0", 5555)
     assert normalized(command("flower")) == normalized(expected)
+    assert SERVICES["flower"]["environment"] == {"CELERY_BROKER_URL": REDIS_URL}
     assert SERVICES["flower"]["profiles"] == ["monitoring"]
-    assert SERVICES["flower"]["ports"] == ["5555:5555"]
+    # No authentication: reachable from this host only.
+    assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+
+
+def test_the_api_service_cannot_start_without_a_key() -> None:
+    given = SERVICES["api"]["environment"]["LOOKALIKE_API_KEY"]
+    assert given == "${LOOKALIKE_API_KEY:?set LOOKALIKE_API_KEY (see .env.example)}"
+    with pytest.raises(LookupError, match=r"^set LOOKALIKE_API_KEY \(see \.env\.example\)$"):
+        interpolate(given, shell={"LOOKALIKE_API_KEY": ""})
+    assert environment("api")["LOOKALIKE_API_KEY"] == SHELL["LOOKALIKE_API_KEY"]
+    for service in CODE_SERVICES:
+        if service != "api":
+            assert "LOOKALIKE_API_KEY" not in environment(service), service
+
+
+def test_the_images_default_command_refuses_to_start_without_a_key(tmp_path: Path) -> None:
+    argv = final_stage("api").cmd()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LOOKALIKE_")}
+    env["LOOKALIKE_REDIS_URL"] = "redis://127.0.0.1:9/0"  # never reached: it stops before
+    lookalike = Path(sys.executable).with_name(argv[0])
+    result = subprocess.run(
+        [str(lookalike), *argv[1:]], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: refusing to serve the API on 0.0.0.0 without an API")
+
+
+def test_env_example_documents_every_variable_compose_reads_with_no_secret() -> None:
+    documented = env_example()
+    assert set(documented) == compose_variables()
+    assert documented["LOOKALIKE_API_KEY"] == ""
+    for name, value in documented.items():
+        if value:
+            Settings(**{name.removeprefix("LOOKALIKE_").lower(): value})
+    # The example's values are compose's defaults: copying it changes nothing but the key.
+    for match in INTERPOLATION.finditer(COMPOSE_FILE.read_text()):
+        name, kind, default = match.groups()
+        if kind != "?":
+            assert default == documented[name], name
 
 
 @pytest.mark.parametrize("service", CODE_SERVICES)
@@ -283,6 +357,10 @@ def test_commands_name_modules_that_exist(service: str) -> None:
     if argv[0] == "celery":
         modules = [argv[argv.index("-A") + 1]]
     elif argv[0] == "gunicorn":
+        assert command(service)[0] == "lookalike", "the API runs as `lookalike api`"
+        scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+        assert scripts["lookalike"] == "cli.main:main"
+        assert module_file("cli.main").is_file()
         target = argv[-1]
         module, _, call = target.partition(":")
         function = call.removesuffix("()")
@@ -301,9 +379,12 @@ def test_commands_name_modules_that_exist(service: str) -> None:
 def test_redis_is_appendonly_on_a_named_volume_with_a_healthcheck() -> None:
     redis = SERVICES["redis"]
     assert redis["image"].startswith("redis:7")
-    argv = redis["command"]
+    argv = [interpolate(word) for word in redis["command"]]
     assert argv[argv.index("--appendonly") + 1] == "yes"
-    assert argv[argv.index("--appendfsync") + 1] == "everysec"
+    assert argv[argv.index("--appendfsync") + 1] == Settings().appendfsync == "everysec"
+    assert int(argv[argv.index("--maxmemory") + 1]) == Settings().redis_maxmemory
+    assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "${LOOKALIKE_APPENDFSYNC:-everysec}" in redis["command"]
     assert volume_mounts("redis")["/data"] in COMPOSE["volumes"]
     assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
 
@@ -325,7 +406,7 @@ def test_compose_api_and_writer_share_the_index_volume() -> None:
 
 def test_api_publishes_its_port_and_checks_healthz() -> None:
     api = SERVICES["api"]
-    argv = command("api")
+    argv = resolved(command("api"))
     port = argv[argv.index("--bind") + 1].rsplit(":", 1)[1]
     assert port in final_stage("api").all("EXPOSE")
     assert any(str(mapping).endswith(f":{port}") for mapping in api["ports"])
@@ -412,8 +493,9 @@ def test_cpu_image_serves_the_api_with_its_data_dir_on_a_volume() -> None:
     assert final.env()["LOOKALIKE_DATA_DIR"] == "/data"
     assert final.all("VOLUME") == ['["/data"]']
     assert final.all("EXPOSE") == ["8000"]
-    argv = final.cmd()
-    assert argv[0] == "gunicorn" and argv[argv.index("--bind") + 1] == "0.0.0.0:8000"
+    assert final.cmd() == ["lookalike", "api", "--host", "0.0.0.0", "--port", "8000"]
+    argv = resolved(final.cmd())
+    assert argv[argv.index("--bind") + 1] == "0.0.0.0:8000"
 
 
 def test_gpu_image_pins_the_tensorflow_range_of_pyproject() -> None:
@@ -462,18 +544,31 @@ def docker_compose_available() -> bool:
     return probe.returncode == 0
 
 
+def compose_config(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`docker compose config -q`, with only `env` for compose's variables (no .env read)."""
+    empty = tmp_path / "empty.env"
+    empty.touch()
+    shell = {key: value for key, value in os.environ.items() if not key.startswith("LOOKALIKE_")}
+    argv = ["docker", "compose", "--env-file", str(empty), *args, "-f", str(COMPOSE_FILE)]
+    return subprocess.run(
+        [*argv, "config", "-q"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, env={**shell, **env},
+    )  # fmt: skip
+
+
 @pytest.mark.skipif(not docker_compose_available(), reason="no `docker compose` on this machine")
 @pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
-def test_docker_compose_config_accepts_the_file(profile: list[str]) -> None:
+def test_docker_compose_config_accepts_the_file(tmp_path: Path, profile: list[str]) -> None:
     # `config` only reads and validates the file; it needs no Docker engine.
-    result = subprocess.run(
-        ["docker", "compose", *profile, "-f", str(COMPOSE_FILE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    result = compose_config(tmp_path, *profile, **SHELL)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not docker_compose_available(), reason="no `docker compose` on this machine")
+def test_docker_compose_refuses_to_run_without_an_api_key(tmp_path: Path) -> None:
+    result = compose_config(tmp_path)
+    assert result.returncode != 0
+    assert "set LOOKALIKE_API_KEY (see .env.example)" in result.stderr
 
 
 def test_sys_executable_launcher_is_normalized_like_a_container_command() -> None:
