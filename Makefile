@@ -39,6 +39,8 @@ bench: install
 	$(BIN)/python bench/index.py
 	$(BIN)/python bench/importer.py
 	$(BIN)/python bench/gallery.py
+	$(BIN)/python bench/durability.py
+	$(BIN)/python bench/faults.py --out docs/faults.md
 
 # The README's pictures, from a real `lookalike up --demo 300` and `lookalike evaluate --html`.
 screenshots: install browser

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -162,14 +164,16 @@ def choose_weights(settings: Settings, demo: bool) -> tuple[Settings, str | None
     from workers.weights import resolve_weights
 
     try:
-        resolve_weights(settings)
+        with _native_stderr_silenced():  # TensorFlow's start-up lines, from C++, on fd 2
+            resolve_weights(settings)
         return settings, None
     except WeightsUnavailable as exc:
         if not (demo and settings.weights == "imagenet"):
             raise
         reason = exc.message.split(". ", 1)[0]
     fallback = settings.model_copy(update={"weights": "random"})
-    resolve_weights(fallback)
+    with _native_stderr_silenced():
+        resolve_weights(fallback)
     return fallback, (
         f"{reason}: the demo runs on a seeded random model instead. "
         f"For real recommendations copy {IMAGENET_NOTOP_FILE} to this machine, set "
@@ -239,8 +243,9 @@ def import_demo(settings: Settings, url: str, n: int, supervisor: Supervisor) ->
         supervisor.log("demo", line)
 
     client = ApiClient(url, settings.client_api_key)
+    probe = ApiClient(url, settings.client_api_key, retries=0)  # no retry warnings while waiting
     deadline = time.monotonic() + 600
-    while not _ready(client):
+    while not _ready(probe):
         if time.monotonic() > deadline:
             say("the stack did not get ready in 10 minutes; no demo import")
             return
@@ -254,6 +259,20 @@ def import_demo(settings: Settings, url: str, n: int, supervisor: Supervisor) ->
     for line in report.summary().splitlines():
         say(line)
     say(f"gallery: {url}/")
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for a while (Python's own errors still raise)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _ready(client: Any) -> bool:
