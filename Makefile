@@ -40,7 +40,7 @@ bench: install
 	$(BIN)/python bench/importer.py
 	$(BIN)/python bench/gallery.py
 	$(BIN)/python bench/durability.py
-	$(BIN)/python bench/faults.py --out docs/faults.md
+	$(BIN)/python bench/faults.py --out docs/reliability.md
 
 # The README's pictures, from a real `lookalike up --demo 300` and `lookalike evaluate --html`.
 screenshots: install browser

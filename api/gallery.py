@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import redis
 from flask import Blueprint, redirect, render_template, request, url_for
 
 from api import validation
+from api.errors import domain_error
 from api.services import current_services
 from shared.errors import LookalikeError
 from shared.images import make_thumbnail
@@ -16,6 +18,7 @@ gallery = Blueprint("gallery", __name__)
 FILTERS = ("gender", "masterCategory", "articleType", "baseColour")
 K_CHOICES = (5, 10, 20)
 PAGE_SIZE = 24
+KEY_HINT = "enter it in the API key field"
 
 
 services = current_services
@@ -24,23 +27,49 @@ services = current_services
 def page(status: int = 200, **context: Any) -> tuple[str, int]:
     catalog = services().replica.catalog
     choices = {key: catalog.field_values(key) for key in FILTERS}
-    filters = {key: request.values.get(key, "") for key in FILTERS}
-    defaults = {"product_id": "", "query": None, "results": None, "error": None, "pending": None}
-    context = {**defaults, "grid": None, **context}
+    # The query string only: reading a POST's form here would read the body a 503 refused.
+    filters = {key: request.args.get(key, "") for key in FILTERS}
+    defaults = {
+        "product_id": request.args.get("product_id", "").strip(),
+        "query": None, "results": None, "error": None, "pending": None, "grid": None,
+        "k": validation.k(None),
+    }  # fmt: skip
     return render_template(
         "gallery.html",
         choices=choices,
         filters=filters,
-        k=context.pop("k", validation.k(None)),
         k_choices=K_CHOICES,
         count=len(catalog),
         model=services().index_model(),
-        **context,
+        needs_key=bool(services().settings.api_keys),
+        **{**defaults, **context},
     ), status
 
 
-def chosen_filters() -> dict[str, str]:
-    return {key: request.values[key] for key in FILTERS if request.values.get(key)}
+@gallery.errorhandler(LookalikeError)
+@gallery.errorhandler(redis.RedisError)
+def error_page(exc: Exception) -> tuple[str, int]:
+    """The API's errors, as the gallery's page with the message and the same status."""
+    error = domain_error(exc)
+    assert error is not None  # both handled classes are domain errors
+    return page(error.http_status, error=error.message)
+
+
+@gallery.before_request
+def check_upload() -> None:
+    """The upload search obeys the API's rules: capacity first (the body unread), then the key."""
+    if request.method != "POST":
+        return
+    services().check_capacity()
+    keys = services().settings.api_keys
+    if keys:
+        given = request.headers.get("X-API-Key") or request.form.get("api_key", "")
+        validation.api_key(given, keys, KEY_HINT)
+
+
+def chosen_filters(values: Any) -> dict[str, str]:
+    """The gallery's own fields (gender=...) as the metadata filters they stand for."""
+    return {key: values[key] for key in FILTERS if values.get(key)}
 
 
 @gallery.get("/")
@@ -48,12 +77,8 @@ def index() -> Any:
     product_id = request.args.get("product_id", "").strip()
     if not product_id:
         return catalog_grid()
-    try:
-        k = validation.k(request.args.get("k"))
-        product = services().product(product_id)
-        results = services().similar(product_id, k, chosen_filters())
-    except LookalikeError as exc:
-        return page(exc.http_status, product_id=product_id, error=exc.message)
+    k = validation.k(request.args.get("k"))
+    product, results = services().similar(product_id, k, chosen_filters(request.args))
     query = {
         "image_url": url_for("v1.get_image", product_id=product_id),
         "product_id": product_id,
@@ -64,11 +89,9 @@ def index() -> Any:
 
 def catalog_grid() -> Any:
     """One page of the indexed catalog, filtered; each item links to its neighbours."""
-    try:
-        number = validation.page(request.args.get("page"))
-    except LookalikeError as exc:
-        return page(exc.http_status, error=exc.message)
-    filters: dict[str, Any] = chosen_filters()
+    number = validation.page(request.args.get("page"))
+    services().require_index()
+    filters: dict[str, Any] = chosen_filters(request.args)
     start = (number - 1) * PAGE_SIZE
     items, total = services().replica.catalog.browse(filters, start, PAGE_SIZE)
     pages = max(1, -(-total // PAGE_SIZE))
@@ -87,25 +110,22 @@ def random_product() -> Any:
     product_id = services().products.random_id()
     if product_id is None:
         return page(404, error="the catalog is empty: import some products first")
-    values: dict[str, Any] = {"product_id": product_id, **chosen_filters()}
+    values: dict[str, Any] = {"product_id": product_id, **chosen_filters(request.args)}
     return redirect(url_for("gallery.index", **values))
 
 
 @gallery.post("/")
 def search_upload() -> Any:
     settings = services().settings
-    try:
-        k = validation.k(request.form.get("k"))
-        image = validation.image(request.files.get("image"), settings)
-        record = services().start_search(image, k, chosen_filters())
-        record = services().wait_for(record.task_id, settings.search_wait)
-        if record.state != "succeeded":
-            message = (record.error or {}).get("message", "still embedding the image")
-            return page(202 if record.state != "failed" else 422, error=message, k=k,
-                        pending=record.task_id)  # fmt: skip
-        results = services().search_results(record)
-    except LookalikeError as exc:
-        return page(exc.http_status, error=exc.message)
+    k = validation.k(request.form.get("k"))
+    image = validation.image(request.files.get("image"), settings)
+    record = services().start_search(image, k, chosen_filters(request.form))
+    record = services().wait_for_search(record)
+    if record.state != "succeeded":
+        message = (record.error or {}).get("message", "still embedding the image")
+        return page(202 if record.state != "failed" else 422, error=message, k=k,
+                    pending=record.task_id)  # fmt: skip
+    results = services().search_results(record)
     thumbnail = make_thumbnail(image, 256, settings.max_image_pixels)
     query = {
         "image_url": "data:image/jpeg;base64," + base64.b64encode(thumbnail).decode(),

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from shared import keys
 from shared.follower import lag_seconds
 from shared.journal import START
-from shared.queue import EMBED_QUEUE, PRIORITY_STEPS
+from shared.queue import EMBED_QUEUE
 from shared.records import TaskState
 
 # kombu's Redis transport keeps one list per priority step: "embed", "embed\x06\x163", ...
@@ -66,9 +66,14 @@ class PipelineCollector(Collector):
         for state in TaskState:
             tasks.add_metric([state], stats.get(f"tasks_{state}", 0.0))
         yield tasks
-        depth = sum(int(client.llen(queue_name(step))) for step in PRIORITY_STEPS)
         yield GaugeMetricFamily(
-            "lookalike_queue_depth", "Messages waiting in the embed queue", depth
+            "lookalike_queue_depth", "Messages waiting in the embed queue",
+            self.services.queue_depth(),
+        )  # fmt: skip
+        used, maxmemory = self.services.redis_memory()
+        yield GaugeMetricFamily("lookalike_redis_used_memory_bytes", "Redis' used_memory", used)
+        yield GaugeMetricFamily(
+            "lookalike_redis_maxmemory_bytes", "Redis' maxmemory (0: no limit)", maxmemory
         )
         yield GaugeMetricFamily(
             "lookalike_index_items", "Items in this process's index replica",
@@ -105,6 +110,14 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily(
             "lookalike_replica_lag_seconds", "Age of the oldest entry this replica has not applied",
             lag_seconds(client, self.services.replica.catalog.position),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "lookalike_indexed_products", "Products Redis says are indexed (compare index_items)",
+            client.scard(keys.INDEXED),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "lookalike_lost_products", "Products whose vectors were lost, not re-imported yet",
+            client.scard(keys.LOST),
         )  # fmt: skip
 
 

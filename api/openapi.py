@@ -6,7 +6,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from api.schemas import NeighboursQuery, ProductForm, ProductPageQuery, ProductPath, TaskPath
+from api.schemas import (
+    FILTER_PREFIX,
+    NeighboursQuery,
+    ProductForm,
+    ProductPageQuery,
+    ProductPath,
+    TaskPath,
+)
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 IMAGE_FIELD = {"type": "string", "contentMediaType": "application/octet-stream"}
@@ -37,14 +44,17 @@ def parameters(model: type[BaseModel], where: str) -> list[dict[str, Any]]:
     ]
 
 
-def multipart(model: type[BaseModel]) -> dict[str, Any]:
-    """A form body: the model's fields and the image file."""
+def multipart(model: type[BaseModel], filters: bool = False) -> dict[str, Any]:
+    """A form body: the model's fields and the image file, and filter fields if it takes them."""
     properties, required = fields(model)
-    schema = {
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {"image": IMAGE_FIELD, **properties},
         "required": ["image", *required],
     }
+    if filters:
+        schema["patternProperties"] = {FILTER_FIELD: {"type": "string", "description": FILTERS}}
+        schema["additionalProperties"] = False
     return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 
@@ -52,18 +62,32 @@ def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+FILTER_FIELD = "^" + FILTER_PREFIX.replace(".", "\\.") + ".+$"
+FILTERS = (
+    f"Exact-match metadata filters: one {FILTER_PREFIX}<field>=<value> each "
+    f"(e.g. {FILTER_PREFIX}gender=Men); any other unknown name is a 400."
+)
 WHY = {
-    400: "a parameter or field breaks its schema, or the image cannot be read",
+    400: "a parameter or field breaks its schema, is unknown, or the image cannot be read",
     401: "missing or wrong X-API-Key",
     404: "unknown product or task, or no image yet",
     409: "the product is not indexed yet",
     413: "the image is too large",
     415: "the image format is not supported",
+    503: "Redis is unavailable (redis_unavailable) or refuses a write, out of memory (overloaded)",
 }
+LOADING = ", or this process's index is still loading (index_loading)"
+OVERLOADED = ", or the embed queue or Redis' memory is full (overloaded)"
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 
 
-def errors(*statuses: int) -> dict[str, Any]:
-    return {str(status): json_body(ERROR, WHY[status]) for status in statuses}
+def errors(*statuses: int, unavailable: str = "") -> dict[str, Any]:
+    """Error answers; a 503 says why, with the extra reasons given, and carries Retry-After."""
+    answers = {str(status): json_body(ERROR, WHY[status]) for status in statuses}
+    if "503" in answers:
+        answers["503"]["description"] += f"{unavailable}: try again after Retry-After seconds"
+        answers["503"]["headers"] = RETRY_AFTER
+    return answers
 
 
 def ref(name: str) -> dict[str, str]:
@@ -79,32 +103,43 @@ PATHS: dict[str, Any] = {
             "requestBody": multipart(ProductForm),
             "responses": {
                 "202": json_body(ref("Accepted"), "queued"),
-                **errors(400, 401, 413, 415),
+                **errors(400, 401, 413, 415, 503, unavailable=OVERLOADED),
             },
         },
         "get": {
             "summary": "A page of products; pass next_cursor back until it is null",
             "parameters": parameters(ProductPageQuery, "query"),
-            "responses": {"200": json_body(ref("ProductPage"), "products"), **errors(400)},
+            "responses": {
+                "200": json_body(ref("ProductPage"), "products"),
+                **errors(400, 503),
+            },
         },
     },
     "/api/v1/products/{product_id}": {
         "parameters": PRODUCT_ID,
         "get": {
             "summary": "A product's record",
-            "responses": {"200": json_body(ref("Product"), "the product"), **errors(400, 404)},
+            "responses": {
+                "200": json_body(ref("Product"), "the product"),
+                **errors(400, 404, 503),
+            },
         },
         "delete": {
             "summary": "Remove a product from the index and from results",
-            "responses": {"204": {"description": "deleted"}, **errors(400, 401, 404)},
+            "responses": {"204": {"description": "deleted"}, **errors(400, 401, 404, 503)},
         },
     },
     "/api/v1/products/{product_id}/similar": {
         "parameters": PRODUCT_ID,
         "get": {
-            "summary": "The k most similar products; other query parameters filter metadata",
+            "summary": "The k most similar products, from this process's index replica",
+            "description": f"{FILTERS} While Redis is away, a product the replica holds is still "
+            "answered.",
             "parameters": parameters(NeighboursQuery, "query"),
-            "responses": {"200": json_body(ref("Results"), "neighbours"), **errors(400, 404, 409)},
+            "responses": {
+                "200": json_body(ref("Results"), "neighbours"),
+                **errors(400, 404, 409, 503, unavailable=LOADING),
+            },
         },
     },
     "/api/v1/products/{product_id}/image": {
@@ -113,19 +148,22 @@ PATHS: dict[str, Any] = {
             "summary": "A JPEG thumbnail of the product image",
             "responses": {
                 "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
-                **errors(400, 404),
+                **errors(400, 404, 503),
             },
         },
     },
     "/api/v1/search": {
         "post": {
-            "summary": "Products similar to an uploaded image; other form fields filter metadata",
-            "requestBody": multipart(NeighboursQuery),
+            "summary": "Products similar to an uploaded image",
+            "description": f"{FILTERS} The answer waits up to LOOKALIKE_SEARCH_WAIT seconds for "
+            "the image's vector, unless LOOKALIKE_MAX_WAITING_SEARCHES searches wait already: "
+            "then it is a 202 at once.",
+            "requestBody": multipart(NeighboursQuery, filters=True),
             "responses": {
                 "200": json_body(ref("Results"), "neighbours"),
                 "202": json_body(ref("Accepted"), "still embedding: poll the task"),
                 "422": json_body(ref("TaskFailed"), "the image could not be embedded"),
-                **errors(400, 401, 413, 415),
+                **errors(400, 401, 413, 415, 503, unavailable=LOADING + OVERLOADED),
             },
         }
     },
@@ -133,7 +171,7 @@ PATHS: dict[str, Any] = {
         "parameters": parameters(TaskPath, "path"),
         "get": {
             "summary": "A task's state, and its result or error",
-            "responses": {"200": json_body(ref("Task"), "the task"), **errors(404)},
+            "responses": {"200": json_body(ref("Task"), "the task"), **errors(404, 503)},
         },
     },
     "/api/v1/openapi.json": {
@@ -143,11 +181,17 @@ PATHS: dict[str, Any] = {
     "/readyz": {
         "get": {
             "summary": "Readiness: Redis, index replica, embed workers",
-            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            "responses": {
+                "200": json_body(ref("Readiness"), "ready"),
+                "503": {**json_body(ref("Readiness"), "not ready"), "headers": RETRY_AFTER},
+            },
         }
     },
     "/metrics": {
-        "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+        "get": {
+            "summary": "Prometheus metrics",
+            "responses": {"200": {"description": "text"}, **errors(503)},
+        }
     },
 }
 
@@ -218,6 +262,20 @@ SCHEMAS: dict[str, Any] = {
             "results": {"type": "array", "items": HIT},
         },
         "required": ["k", "filters", "results"],
+    },
+    "Readiness": {
+        "type": "object",
+        "properties": {
+            "ready": {"type": "boolean"},
+            "checks": {
+                "type": "object",
+                "description": "true, a count, or the reason the check fails",
+                "additionalProperties": {"type": ["boolean", "integer", "string"]},
+            },
+            "model_id": {"type": ["string", "null"]},
+            "notice": {"type": ["string", "null"]},
+        },
+        "required": ["ready", "checks"],
     },
     "Task": {
         "type": "object",

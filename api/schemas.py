@@ -9,6 +9,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 # [0-9], not \d or str.isdigit: those take '²' and '٣', which int() then refuses or misreads.
 DECIMAL = re.compile("-?[0-9]+")
+# Metadata filters of /similar (query) and /search (form) are named filter.<field>: any other
+# unknown name is refused, so that a cache-buster such as `_=1234` never filters.
+FILTER_PREFIX = "filter."
 
 
 def decimal(value: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -11,17 +12,19 @@ import redis
 from celery import Celery
 from flask import current_app
 
-from api.errors import NotFound, NotIndexed, Unavailable
+from api.errors import INDEX_LOADING, IndexLoading, NotFound, NotIndexed, Overloaded, Unavailable
+from api.metrics import queue_name
 from api.replica import Replica
 from shared import keys
 from shared.errors import LookalikeError, ModelMismatch
-from shared.journal import delete_entry
+from shared.journal import START, delete_entry
 from shared.model_id import RANDOM_MODEL_NOTICE, is_random_model
-from shared.queue import BULK_PRIORITY, SEARCH_PRIORITY, make_celery, send_embed
+from shared.queue import BULK_PRIORITY, PRIORITY_STEPS, SEARCH_PRIORITY, make_celery, send_embed
 from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, connect, failure
 from shared.settings import Settings
 
 POLL_SECONDS = 0.05
+MEMORY_EVERY = 1.0  # seconds between two reads of Redis' INFO memory
 
 
 def current_services() -> Services:
@@ -38,10 +41,14 @@ class Services:
             raise Unavailable("LOOKALIKE_REDIS_URL is not set: the API needs the stack's Redis")
         self.settings = settings
         self.redis = connect(settings.redis_url)
-        self.tasks = TaskStore(self.redis, settings.task_ttl)
+        self.tasks = TaskStore(self.redis, settings.task_ttl, settings.search_ttl)
         self.products = ProductStore(self.redis)
         self.celery: Celery = make_celery(settings, settings.redis_url)
         self.replica = Replica(settings, self.redis).start()
+        # Searches waiting for their vector hold a gunicorn thread each: only this many may.
+        self.waiting_searches = threading.BoundedSemaphore(settings.max_waiting_searches)
+        self._memory_lock = threading.Lock()
+        self._memory: tuple[float, int, int] | None = None
 
     def accept_product(self, product_id: str, image: bytes, metadata: dict[str, Any]) -> str:
         """Store the upload and its task record, then queue it; returns the task id."""
@@ -59,8 +66,11 @@ class Services:
 
     def _stage_upload(self, record: TaskRecord, image: bytes) -> Any:
         """A transaction holding the image (with its TTL) and the queued task record."""
+        ttl = self.settings.upload_ttl
+        if record.kind == "search":  # nothing of a search outlives its vector
+            ttl = min(ttl, self.settings.search_ttl)
         pipe = self.redis.pipeline()
-        pipe.set(keys.upload(record.task_id), image, ex=self.settings.upload_ttl)
+        pipe.set(keys.upload(record.task_id), image, ex=ttl)
         self.tasks.save(record, pipe)
         return pipe
 
@@ -68,8 +78,47 @@ class Services:
         try:
             send_embed(self.celery, record.task_id, priority)
         except Exception as exc:
-            self.tasks.update(record, TaskState.FAILED, error=failure("enqueue_failed", str(exc)))
+            error = failure("enqueue_failed", str(exc))
+            self.tasks.update(record, TaskState.FAILED, error=error)
             raise Unavailable(f"could not queue the task: {exc}") from exc
+
+    def check_capacity(self) -> None:
+        """An Overloaded error when the embed queue or Redis' memory is at its limit."""
+        limit = self.settings.max_queued
+        depth = self.queue_depth()
+        if depth >= limit:
+            raise Overloaded(
+                f"the embed queue holds {depth} tasks, at its limit of {limit} "
+                "(LOOKALIKE_MAX_QUEUED); try again later"
+            )
+        used, maxmemory = self.redis_memory()
+        fraction = self.settings.max_redis_memory_fraction
+        if maxmemory and used > fraction * maxmemory:
+            raise Overloaded(
+                f"Redis uses {used} of its {maxmemory} bytes of memory, more than {fraction:g} "
+                "of it (LOOKALIKE_MAX_REDIS_MEMORY_FRACTION); try again later"
+            )
+
+    def queue_depth(self) -> int:
+        """Messages waiting in the embed queue, over all its priority lists."""
+        pipe = self.redis.pipeline(transaction=False)
+        for step in PRIORITY_STEPS:
+            pipe.llen(queue_name(step))
+        return sum(int(length) for length in pipe.execute())
+
+    def redis_memory(self) -> tuple[int, int]:
+        """Redis' used_memory and maxmemory (0: no limit), read at most once a second."""
+        with self._memory_lock:
+            now = time.monotonic()
+            if self._memory is None or now - self._memory[0] >= MEMORY_EVERY:
+                info: dict[str, Any] = self.redis.info("memory")
+                self._memory = (now, int(info["used_memory"]), int(info.get("maxmemory", 0)))
+            return self._memory[1], self._memory[2]
+
+    def require_index(self) -> None:
+        """An IndexLoading error until the replica has loaded: an empty answer would be wrong."""
+        if not self.replica.loaded.is_set():
+            raise IndexLoading(INDEX_LOADING)
 
     def product(self, product_id: str) -> dict[str, Any]:
         record = self.products.get(product_id)
@@ -77,10 +126,24 @@ class Services:
             raise NotFound(f"unknown product {product_id}")
         return record
 
-    def similar(self, product_id: str, k: int, filters: dict[str, str]) -> list[dict[str, Any]]:
-        self.product(product_id)
+    def known_product(self, product_id: str) -> dict[str, Any]:
+        """The product's record; with Redis away, what the replica holds of it, if anything."""
         try:
-            return self.replica.catalog.similar(product_id, k, filters)
+            return self.product(product_id)
+        except redis.RedisError:
+            catalog = self.replica.catalog
+            if product_id not in catalog:
+                raise
+            return {"product_id": product_id, "metadata": catalog.metadata.get(product_id, {})}
+
+    def similar(
+        self, product_id: str, k: int, filters: dict[str, str]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The product's record and its neighbours, from the replica (Redis may be away)."""
+        self.require_index()
+        product = self.known_product(product_id)
+        try:
+            return product, self.replica.catalog.similar(product_id, k, filters)
         except KeyError:
             raise NotIndexed(f"product {product_id} is not indexed yet") from None
 
@@ -109,6 +172,7 @@ class Services:
         return data  # type: ignore[return-value]
 
     def start_search(self, image: bytes, k: int, filters: dict[str, str]) -> TaskRecord:
+        self.require_index()
         record = TaskRecord(
             task_id=uuid.uuid4().hex, kind="search", options={"k": k, "filters": filters}
         )
@@ -125,6 +189,15 @@ class Services:
                 return record
             time.sleep(POLL_SECONDS)
 
+    def wait_for_search(self, record: TaskRecord) -> TaskRecord:
+        """The search's record once finished, or at once when too many searches wait already."""
+        if not self.waiting_searches.acquire(blocking=False):
+            return record
+        try:
+            return self.wait_for(record.task_id, self.settings.search_wait)
+        finally:
+            self.waiting_searches.release()
+
     def task(self, task_id: str) -> TaskRecord:
         record = self.tasks.get(task_id)
         if record is None:
@@ -133,6 +206,7 @@ class Services:
 
     def search_results(self, record: TaskRecord) -> list[dict[str, Any]]:
         """Neighbours of a finished search task's vector, from this process's replica."""
+        self.require_index()
         raw = self.redis.get(keys.query_vector(record.task_id))
         if raw is None:
             raise NotFound(f"the vector of search task {record.task_id} has expired")
@@ -164,7 +238,38 @@ class Services:
             checks["redis"] = f"unreachable: {exc}"
         checks["replica"] = self.replica.loaded.is_set() or "not loaded yet"
         checks["embed_workers"] = self._embed_workers() or "no embed worker answered"
+        if checks["redis"] is True:
+            checks["index"] = self._index_whole()
         return checks
+
+    def _index_whole(self) -> bool | str:
+        """No vectors lost, and the replica holds as many items as Redis says are indexed."""
+        lost, reason = self.products.lost()
+        if lost:
+            return (
+                f"{lost} products lost their vectors ({reason}); re-import them: "
+                "`lookalike import` re-embeds every product not indexed"
+            )
+        counts = self.index_counts()
+        if counts["indexed"] is not None and counts["items"] != counts["indexed"]:
+            return (
+                f"the index holds {counts['items']} items but Redis says "
+                f"{counts['indexed']} products are indexed"
+            )
+        return True
+
+    def index_counts(self) -> dict[str, int | None]:
+        """The replica's items and Redis' indexed products; `indexed` None unless the replica
+        is exactly at the journal's head (then the two must be equal)."""
+        catalog = self.replica.catalog
+        position, items = catalog.position, len(catalog)
+        with self.redis.pipeline() as pipe:  # one transaction: head and count agree
+            pipe.xrevrange(keys.JOURNAL, count=1)
+            pipe.scard(keys.INDEXED)
+            head, indexed = pipe.execute()
+        at_head = (head[0][0].decode() if head else START) == position
+        steady = at_head and catalog.position == position and self.replica.loaded.is_set()
+        return {"items": items, "indexed": int(indexed) if steady else None}
 
     def index_model(self) -> dict[str, str | None]:
         """The index's model id and, for the demo's random weights, a notice that says so."""

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hmac
 import json
+import math
+import sys
 from functools import cache
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from werkzeug.datastructures import FileStorage
 
-from api.errors import BadRequest
-from api.schemas import GridQuery, NeighboursQuery, ProductForm, ProductPageQuery
+from api.errors import BadRequest, Unauthorized
+from api.schemas import FILTER_PREFIX, GridQuery, NeighboursQuery, ProductForm, ProductPageQuery
 from shared.errors import ImageTooLarge
 from shared.images import open_image
 from shared.settings import Settings
@@ -46,18 +49,58 @@ def product_id(value: str | None) -> str:
     return result
 
 
+MAX_METADATA_DEPTH = 20
+TOO_DEEP = f"metadata must not be nested more than {MAX_METADATA_DEPTH} levels deep"
+NOT_FINITE = "metadata must not contain NaN or Infinity"
+
+
 def metadata(raw: str | None, settings: Settings) -> dict[str, Any]:
     if raw is None or raw == "":
         return {}
     if len(raw.encode()) > settings.max_metadata_bytes:
         raise BadRequest(f"metadata is larger than {settings.max_metadata_bytes} bytes")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=not_finite, parse_float=finite, parse_int=integer)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"metadata is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(TOO_DEEP) from None
     if not isinstance(value, dict):
         raise BadRequest("metadata must be a JSON object")
+    if depth(value) > MAX_METADATA_DEPTH:
+        raise BadRequest(TOO_DEEP)
     return value
+
+
+def not_finite(text: str) -> Any:
+    """JSON's NaN, Infinity and -Infinity: Python reads them, no JSON parser must."""
+    raise BadRequest(NOT_FINITE)
+
+
+def finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as inf
+        raise BadRequest(NOT_FINITE)
+    return value
+
+
+def integer(text: str) -> int:
+    digits = sys.get_int_max_str_digits()
+    if len(text.lstrip("-")) > digits:  # int() would raise a ValueError of its own
+        raise BadRequest(f"metadata must not contain integers of more than {digits} digits")
+    return int(text)
+
+
+def depth(value: Any) -> int:
+    """How many objects and arrays nest in a JSON value ({} is 1), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def image(upload: FileStorage | None, settings: Settings) -> bytes:
@@ -104,8 +147,21 @@ def limit(raw: str | None) -> int:
     return result
 
 
-def filters(
-    args: Any, reserved: tuple[str, ...] = tuple(NeighboursQuery.model_fields)
-) -> dict[str, str]:
-    """Exact-match metadata filters: every query parameter that is not one of ours."""
-    return {key: value for key, value in args.items() if key not in reserved}
+def filters(values: Any, known: tuple[str, ...], where: str) -> dict[str, str]:
+    """Exact-match metadata filters, filter.<field>=<value>; any other unknown name is a 400."""
+    chosen = {}
+    for name in values:
+        field = name.removeprefix(FILTER_PREFIX)
+        if name.startswith(FILTER_PREFIX) and field:
+            chosen[field] = values[name]
+        elif name not in known:
+            hint = f"filters are {FILTER_PREFIX}<field>=<value>"
+            raise BadRequest(f"unknown {where} {name!r}; {hint}")
+    return chosen
+
+
+def api_key(given: str, keys: tuple[str, ...], how: str) -> None:
+    """Nothing when no keys are configured or one of them is given, else an Unauthorized."""
+    # Every key compared, in constant time each: which one matched must not leak either.
+    if keys and not sum(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise Unauthorized(f"missing or wrong API key: {how}")

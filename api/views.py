@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api import validation
-from api.errors import Unauthorized
 from api.services import current_services
 
 v1 = Blueprint("v1", __name__, url_prefix="/api/v1")
 
 
 services = current_services
+UPLOADS = ("v1.post_product", "v1.post_search")
+KEY_HINT = "send it in the X-API-Key header"
 
 
 @v1.before_request
 def require_api_key() -> None:
     """Changes (POST, DELETE) need the API key when one is configured; reads are open."""
-    keys = services().settings.api_keys
-    if keys and request.method in ("POST", "DELETE"):
-        given = request.headers.get("X-API-Key", "").encode()
-        # Every key compared, in constant time each: which one matched must not leak either.
-        if not sum(hmac.compare_digest(given, key.encode()) for key in keys):
-            raise Unauthorized("missing or wrong API key: send it in the X-API-Key header")
+    if request.method in ("POST", "DELETE"):
+        given = request.headers.get("X-API-Key", "")
+        validation.api_key(given, services().settings.api_keys, KEY_HINT)
+
+
+@v1.before_request
+def refuse_when_overloaded() -> None:
+    """Uploads wait in Redis: refuse them while it or the queue is full, before reading them."""
+    if request.endpoint in UPLOADS:
+        services().check_capacity()
 
 
 @v1.before_request
@@ -75,8 +79,8 @@ def get_product(product_id: str) -> Any:
 @v1.get("/products/<product_id>/similar")
 def get_similar(product_id: str) -> Any:
     k = validation.k(request.args.get("k"))
-    filters = validation.filters(request.args)
-    results = services().similar(product_id, k, filters)
+    filters = validation.filters(request.args, ("k",), "query parameter")
+    _, results = services().similar(product_id, k, filters)
     return jsonify(product_id=product_id, k=k, filters=filters, results=results)
 
 
@@ -97,9 +101,8 @@ def post_search() -> Any:
     settings = services().settings
     k = validation.k(request.form.get("k"))
     image = validation.image(request.files.get("image"), settings)
-    filters = validation.filters(request.form, reserved=("k", "image"))
-    record = services().start_search(image, k, filters)
-    record = services().wait_for(record.task_id, settings.search_wait)
+    filters = validation.filters(request.form, ("k", "image"), "form field")
+    record = services().wait_for_search(services().start_search(image, k, filters))
     if record.state in ("queued", "running"):
         return accepted(record.task_id)
     if record.state == "failed":

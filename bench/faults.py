@@ -244,7 +244,17 @@ def main() -> None:
                 run.stack.stop_all()
     print(table(rows))
     if args.out:
-        args.out.write_text(table(rows) + "\n")
+        write_table(args.out, table(rows))
+
+
+def write_table(path: Path, text: str) -> None:
+    """Into path between its fault-table markers (the rest of the page kept), or the whole file."""
+    start, end = "<!-- fault table: bench/faults.py -->", "<!-- end of fault table -->"
+    page = path.read_text() if path.exists() else ""
+    if start in page and end in page:
+        before, rest = page.split(start, 1)
+        text = f"{before}{start}\n{text}\n{end}{rest.split(end, 1)[1]}"
+    path.write_text(text if text.endswith("\n") else text + "\n")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Run the whole stack: Redis (unless LOOKALIKE_REDIS_URL), embed worker, writer, API."""
     from cli.stack import run_stack
 
-    return run_stack(get_settings(), args.host, args.port, demo=args.demo, flower=args.flower)
+    return run_stack(
+        get_settings(), args.host, args.port, args.demo, args.flower, insecure=args.insecure
+    )
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Become one API process (gunicorn) against LOOKALIKE_REDIS_URL."""
+    from cli.stack import serve_api
+
+    serve_api(get_settings(), args.host, args.port, args.insecure)
 
 
 def api_client(args: argparse.Namespace) -> ApiClient:
@@ -88,7 +97,7 @@ def print_results(results: list[dict[str, Any]]) -> None:
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    filters = dict(item.split("=", 1) for item in args.filter)
+    filters = {f"filter.{key}": value for key, value in (i.split("=", 1) for i in args.filter)}
     body = api_client(args).get(f"/api/v1/products/{args.product_id}/similar", k=args.k, **filters)
     print_results(body["results"])
     return 0
@@ -148,9 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(handler=cmd_embed)
 
-    up = commands.add_parser("up", help="run Redis, an embed worker, the writer and the API")
-    up.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
-    up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    listen = argparse.ArgumentParser(add_help=False)
+    listen.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
+    listen.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    listen.add_argument(
+        "--insecure", action="store_true",
+        help="allow a --host beyond loopback without LOOKALIKE_API_KEY (writes open to all)",
+    )  # fmt: skip
+
+    up = commands.add_parser(
+        "up", parents=[listen], help="run Redis, an embed worker, the writer and the API"
+    )
     up.add_argument(
         "--demo", type=int, default=0, metavar="N",
         help="once ready, write and import a demo catalog of N items (done once per data dir)",
@@ -160,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run Celery's Flower monitoring UI (default port 5555)",
     )  # fmt: skip
     up.set_defaults(handler=cmd_up)
+
+    api = commands.add_parser(
+        "api", parents=[listen], help="run one API process against LOOKALIKE_REDIS_URL"
+    )
+    api.set_defaults(handler=cmd_api)
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--api-url", help="the API (default LOOKALIKE_API_URL)")

@@ -79,9 +79,10 @@ class TaskRecord:
 class TaskStore:
     """Our own task records (not Celery's PENDING-for-anything); they expire after task_ttl."""
 
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
+    def __init__(self, client: redis.Redis, ttl: int, search_ttl: int | None = None) -> None:
         self.client = client
         self.ttl = ttl
+        self.search_ttl = search_ttl or ttl  # a search's record lives as long as its vector
 
     def get(self, task_id: str) -> TaskRecord | None:
         raw = self.client.get(keys.task(task_id))
@@ -90,7 +91,8 @@ class TaskStore:
     def save(self, record: TaskRecord, pipe: Any = None) -> None:
         record.updated_at = time.time()
         target = pipe if pipe is not None else self.client
-        target.set(keys.task(record.task_id), record.to_json(), ex=self.ttl)
+        ttl = self.search_ttl if record.kind == "search" else self.ttl
+        target.set(keys.task(record.task_id), record.to_json(), ex=ttl)
         target.hincrby(keys.STATS, f"tasks_{record.state}", 1)
 
     def update(
@@ -105,7 +107,6 @@ class TaskStore:
         """Move a record the caller holds to a new state (no re-read from Redis)."""
         record.state, record.result, record.error = state, result, error
         self.save(record, pipe)
-
 
     def advance(
         self,

@@ -42,7 +42,7 @@ def redis_client() -> redis.Redis:
 
 @lru_cache(maxsize=1)
 def tasks() -> TaskStore:
-    return TaskStore(redis_client(), settings.task_ttl)
+    return TaskStore(redis_client(), settings.task_ttl, settings.search_ttl)
 
 
 @lru_cache(maxsize=1)

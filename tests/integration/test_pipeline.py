@@ -59,7 +59,8 @@ def test_similar_is_sorted_excludes_itself_and_honours_k(api, catalog):
 
 
 def test_similar_filters_on_metadata(api, catalog):
-    body = similar(api, "p0", k=20, articleType="Watches", gender="Men").json()
+    filters = {"filter.articleType": "Watches", "filter.gender": "Men"}
+    body = similar(api, "p0", k=20, **filters).json()
     hits = body["results"]
     assert hits and all(hit["metadata"]["articleType"] == "Watches" for hit in hits)
     assert all(hit["metadata"]["gender"] == "Men" for hit in hits)

@@ -6,6 +6,7 @@ import io
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -33,6 +34,7 @@ IDS += ("a\n", "a+b", "\u00e9", "\uff41")
 def app(launch) -> Iterator[Flask]:
     """One app for the module (each test makes its own ids), with an API key to check 401s."""
     with launch(api_key=KEY) as app:
+        assert app.extensions["lookalike"].replica.loaded.wait(10), "the replica did not load"
         yield app
 
 
@@ -288,7 +290,10 @@ def test_form_product_id_missing_is_400(client):
 
 @dataclass(frozen=True)
 class Row:
-    """A request and the status it must answer; {stored} and {task}: a product just posted."""
+    """A request and the status it must answer; {stored} and {task}: a product just posted.
+
+    redis_down: sent while the test's redis-server is stopped.
+    """
 
     operation: str
     status: int
@@ -296,9 +301,10 @@ class Row:
     form: dict[str, str] | None = None
     image: bytes | None = None
     key: bool = True
+    redis_down: bool = False
 
     def __str__(self) -> str:
-        return f"{self.operation} {self.status}"
+        return f"{self.operation} {self.status}" + (" redis down" if self.redis_down else "")
 
     def send(self, client: FlaskClient, stored: str, task: str):
         method = self.operation.split()[0]
@@ -317,31 +323,42 @@ ROWS = [
     Row("POST /api/v1/products", 401, "/api/v1/products", NEW, JPEG, key=False),
     Row("POST /api/v1/products", 413, "/api/v1/products", NEW, b"\xff" * 60_000),
     Row("POST /api/v1/products", 415, "/api/v1/products", NEW, ICO),
+    Row("POST /api/v1/products", 503, "/api/v1/products", NEW, JPEG, redis_down=True),
     Row("GET /api/v1/products", 200, "/api/v1/products?limit=1"),
     Row("GET /api/v1/products", 400, "/api/v1/products?limit=0"),
+    Row("GET /api/v1/products", 503, "/api/v1/products", redis_down=True),
     Row(f"GET {PRODUCT}", 200, "/api/v1/products/{stored}"),
     Row(f"GET {PRODUCT}", 400, "/api/v1/products/-bad"),
     Row(f"GET {PRODUCT}", 404, "/api/v1/products/missing"),
+    Row(f"GET {PRODUCT}", 503, "/api/v1/products/{stored}", redis_down=True),
     Row(f"DELETE {PRODUCT}", 204, "/api/v1/products/{stored}"),
     Row(f"DELETE {PRODUCT}", 400, "/api/v1/products/-bad"),
     Row(f"DELETE {PRODUCT}", 401, "/api/v1/products/{stored}", key=False),
     Row(f"DELETE {PRODUCT}", 404, "/api/v1/products/missing"),
+    Row(f"DELETE {PRODUCT}", 503, "/api/v1/products/{stored}", redis_down=True),
     Row(f"GET {SIMILAR}", 400, "/api/v1/products/{stored}/similar?k=0"),
     Row(f"GET {SIMILAR}", 404, "/api/v1/products/missing/similar"),
     Row(f"GET {SIMILAR}", 409, "/api/v1/products/{stored}/similar"),
+    Row(f"GET {SIMILAR}", 400, "/api/v1/products/{stored}/similar?gender=Men"),
+    Row(f"GET {SIMILAR}", 503, "/api/v1/products/{stored}/similar", redis_down=True),
     Row(f"GET {PRODUCT}/image", 400, "/api/v1/products/-bad/image"),
     Row(f"GET {PRODUCT}/image", 404, "/api/v1/products/{stored}/image"),
+    Row(f"GET {PRODUCT}/image", 503, "/api/v1/products/{stored}/image", redis_down=True),
     Row("POST /api/v1/search", 202, "/api/v1/search", {"k": "3"}, JPEG),
     Row("POST /api/v1/search", 400, "/api/v1/search", {"k": "0"}, JPEG),
     Row("POST /api/v1/search", 401, "/api/v1/search", {}, JPEG, key=False),
     Row("POST /api/v1/search", 413, "/api/v1/search", {}, b"\xff" * 60_000),
     Row("POST /api/v1/search", 415, "/api/v1/search", {}, ICO),
+    Row("POST /api/v1/search", 400, "/api/v1/search", {"gender": "Men"}, JPEG),
+    Row("POST /api/v1/search", 503, "/api/v1/search", {}, JPEG, redis_down=True),
     Row("GET /api/v1/tasks/{task_id}", 200, "/api/v1/tasks/{task}"),
     Row("GET /api/v1/tasks/{task_id}", 404, "/api/v1/tasks/missing"),
+    Row("GET /api/v1/tasks/{task_id}", 503, "/api/v1/tasks/{task}", redis_down=True),
     Row("GET /api/v1/openapi.json", 200, "/api/v1/openapi.json"),
     Row("GET /healthz", 200, "/healthz"),
     Row("GET /readyz", 503, "/readyz"),
     Row("GET /metrics", 200, "/metrics"),
+    Row("GET /metrics", 503, "/metrics", redis_down=True),
 ]
 
 
@@ -368,18 +385,56 @@ def test_every_documented_error_status_has_a_row():
 
 
 @pytest.mark.parametrize("row", ROWS, ids=str)
-def test_table_request_answers_its_documented_status(app, client, row):
+def test_table_request_answers_its_documented_status(app, client, redis_server, row):
     stored = f"stored-{uuid.uuid4().hex}"
     posted = client.post(
         "/api/v1/products",
         data={"product_id": stored, "image": (io.BytesIO(JPEG), "x.jpg")},
         headers={"X-API-Key": KEY},
     )
-    response = row.send(client, stored, posted.get_json()["task_id"])
+    with redis_stopped(redis_server) if row.redis_down else nullcontext():
+        response = row.send(client, stored, posted.get_json()["task_id"])
     assert response.status_code == row.status, response.get_data(as_text=True)
     documented = documented_responses(row.operation)[str(row.status)]
+    assert all(name in response.headers for name in documented.get("headers", {}))
     schema = documented.get("content", {}).get("application/json", {}).get("schema")
     if schema == {"$ref": "#/components/schemas/Error"}:
         error = response.get_json()["error"]
         assert set(error) == {"code", "message"}
         assert all(isinstance(value, str) for value in error.values())
+
+
+@contextmanager
+def redis_stopped(server) -> Iterator[None]:
+    server.stop()
+    try:
+        yield
+    finally:
+        server.start()
+
+
+def form_names() -> list[Any]:
+    """Form field names on both sides of the documented filter pattern of POST /search."""
+    schema = DOCUMENT["paths"]["/api/v1/search"]["post"]["requestBody"]["content"]
+    schema = schema["multipart/form-data"]["schema"]
+    assert schema["additionalProperties"] is False
+    (name_pattern,) = schema["patternProperties"]
+    names = ["filter.gender", "filter.a.b", "filter.\u00e9", "filter.", "gender", "_", "Filter.x"]
+    return [pytest.param(name, bool(re.search(name_pattern, name)), id=name) for name in names]
+
+
+@pytest.mark.parametrize(("name", "documented"), form_names())
+def test_search_form_field_is_refused_unless_documented(client, name, documented):
+    data = {"image": (io.BytesIO(JPEG), "x.jpg"), name: "Men"}
+    response = client.post("/api/v1/search", data=data, headers={"X-API-Key": KEY})
+    if documented:
+        assert response.status_code == 202
+    else:
+        assert_bad_request(
+            response, f"unknown form field {name!r}; filters are filter.<field>=<value>"
+        )
+
+
+def test_similar_documents_its_filter_parameters():
+    description = DOCUMENT["paths"][SIMILAR]["get"]["description"]
+    assert "filter.<field>=<value>" in description
