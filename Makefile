@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 APT_PACKAGES ?=
 
-.PHONY: install browser run test check bench screenshots clean
+.PHONY: install browser docker-tools run test compose-test check bench screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ browser:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	  else echo "chromium not found and not root: the browser test will be skipped"; fi; }
+
+# A Docker engine, compose and debootstrap from Debian, when root and apt can install them.
+docker-tools:
+	@command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
+	  && { command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap; \
+	  else echo "docker, docker-compose or debootstrap missing and not root: compose-test will skip"; fi; }
+
+# The compose stack built and run in a real Docker engine (skips, saying why, without one).
+compose-test: install docker-tools
+	$(BIN)/python docker/test/run.py
 
 test: install browser
 	$(BIN)/python -m pytest -q

@@ -46,12 +46,27 @@ class S3SnapshotStore(SnapshotStore):
 
             client = boto3.client("s3")
         self.s3 = client
+        self._bucket_checked = False
+
+    def _ensure_bucket(self) -> None:
+        """Create the bucket on first publish if it does not exist (a new MinIO, say)."""
+        if self._bucket_checked:
+            return
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+        except Exception:  # botocore's ClientError (404) or NoSuchBucket: create it
+            region = self.s3.meta.region_name
+            where = {} if region in (None, "us-east-1") else {"LocationConstraint": region}
+            options = {"CreateBucketConfiguration": where} if where else {}
+            self.s3.create_bucket(Bucket=self.bucket, **options)
+        self._bucket_checked = True
 
     def _key(self, name: str, file: str) -> str:
         return "/".join(part for part in (self.prefix, name, file) if part)
 
     def publish(self, index: VectorIndex, position: str, extra: dict[str, Any]) -> Snapshot:
         """The index file first, the manifest last; the local copy is kept as this host's."""
+        self._ensure_bucket()
         name = snapshot_name(position)
         folder = self.root / name
         manifest = index.save(folder, position, extra)
@@ -65,12 +80,14 @@ class S3SnapshotStore(SnapshotStore):
         """Snapshot name -> the files of it in the bucket."""
         found: dict[str, set[str]] = {}
         start = f"{self.prefix}/" if self.prefix else ""
-        for page in self.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=start
-        ):
-            for item in page.get("Contents", []):
-                name, _, file = item["Key"][len(start) :].partition("/")
-                found.setdefault(name, set()).add(file)
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)
+        try:
+            for page in pages:
+                for item in page.get("Contents", []):
+                    name, _, file = item["Key"][len(start) :].partition("/")
+                    found.setdefault(name, set()).add(file)
+        except self.s3.exceptions.NoSuchBucket:
+            return {}  # not created yet: the writer creates it with its first snapshot
         return found
 
     def snapshots(self) -> list[Snapshot]:

@@ -34,13 +34,18 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu"]
-REDIS_URL = "redis://redis:6379/0"
+REDIS_URL = "redis://:a-redis-password@redis:6379/0"  # with SHELL's REDIS_PASSWORD
 # Each compose service that runs one of `lookalike up`'s processes, and which one.
 STACK_PROCESS = {"api": "api", "writer": "writer", "embed": "embed", "embed-gpu": "embed"}
 LOOKALIKE_NAME = re.compile(r"\bLOOKALIKE_[A-Z0-9_]+")
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 # What the tests give compose for its required variables (`${NAME:?message}`).
-SHELL = {"LOOKALIKE_API_KEY": "a-key-of-the-tests"}
+SHELL = {
+    "LOOKALIKE_API_KEY": "a-key-of-the-tests",
+    "S3_ACCESS_KEY": "an-access-key",
+    "S3_SECRET_KEY": "a-secret-key",
+    "REDIS_PASSWORD": "a-redis-password",
+}
 
 
 # --- a small Dockerfile parser ---------------------------------------------------------------
@@ -270,7 +275,7 @@ def test_compose_defines_the_services_and_no_version_key() -> None:
     assert "version" not in COMPOSE, "the compose spec has no version key"
     assert {"redis", "api", "writer", "embed", "embed-gpu"} <= set(SERVICES)
     assert set(OUR_SERVICES) == {"api", "writer", "embed", "embed-gpu", "flower"}
-    assert set(COMPOSE["volumes"]) >= {"index", "keras-cache"}
+    assert set(COMPOSE["volumes"]) >= {"redis-data", "snapshots", "keras-cache"}
 
 
 def test_every_lookalike_variable_is_a_setting() -> None:
@@ -287,7 +292,7 @@ def test_every_lookalike_variable_is_a_setting() -> None:
 def test_each_service_environment_is_valid_settings(service: str) -> None:
     env = environment(service)
     assert env["LOOKALIKE_REDIS_URL"] == REDIS_URL
-    assert env["LOOKALIKE_REDIS_URL"].split("//")[1].split(":")[0] in SERVICES
+    assert env["LOOKALIKE_REDIS_URL"].split("@")[1].split(":")[0] in SERVICES
     assert env["LOOKALIKE_WEIGHTS"] == "imagenet"
     assert "${LOOKALIKE_WEIGHTS:-imagenet}" in COMPOSE_FILE.read_text()
     values: dict[str, Any] = {
@@ -308,7 +313,8 @@ def test_compose_commands_match_stack_specs(service: str) -> None:
 def test_flower_is_the_command_of_lookalike_up_flower_in_the_monitoring_profile() -> None:
     expected = processes.flower("0.0.0.0", 5555)
     assert normalized(command("flower")) == normalized(expected)
-    assert SERVICES["flower"]["environment"] == {"CELERY_BROKER_URL": REDIS_URL}
+    flower_env = {k: interpolate(v) for k, v in SERVICES["flower"]["environment"].items()}
+    assert flower_env == {"CELERY_BROKER_URL": REDIS_URL}
     assert SERVICES["flower"]["profiles"] == ["monitoring"]
     # No authentication: reachable from this host only.
     assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
@@ -339,10 +345,12 @@ def test_the_images_default_command_refuses_to_start_without_a_key(tmp_path: Pat
 
 def test_env_example_documents_every_variable_compose_reads_with_no_secret() -> None:
     documented = env_example()
-    assert set(documented) == compose_variables()
+    assert set(documented) == compose_variables() | {"COMPOSE_PROJECT_NAME"}
     assert documented["LOOKALIKE_API_KEY"] == ""
+    assert documented["S3_ACCESS_KEY"] == documented["S3_SECRET_KEY"] == ""
+    assert documented["REDIS_PASSWORD"] == ""
     for name, value in documented.items():
-        if value:
+        if value and name.startswith("LOOKALIKE_"):
             Settings(**{name.removeprefix("LOOKALIKE_").lower(): value})
     # The example's values are compose's defaults: copying it changes nothing but the key.
     for match in INTERPOLATION.finditer(COMPOSE_FILE.read_text()):
@@ -378,7 +386,7 @@ def test_commands_name_modules_that_exist(service: str) -> None:
 
 def test_redis_is_appendonly_on_a_named_volume_with_a_healthcheck() -> None:
     redis = SERVICES["redis"]
-    assert redis["image"].startswith("redis:7")
+    assert interpolate(redis["image"]).startswith("redis:7")
     argv = [interpolate(word) for word in redis["command"]]
     assert argv[argv.index("--appendonly") + 1] == "yes"
     assert argv[argv.index("--appendfsync") + 1] == Settings().appendfsync == "everysec"
@@ -394,14 +402,19 @@ def test_services_wait_for_a_healthy_redis(service: str) -> None:
     assert SERVICES[service]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
-def test_compose_api_and_writer_share_the_index_volume() -> None:
-    data_dir = environment("api")["LOOKALIKE_DATA_DIR"]
-    assert environment("writer")["LOOKALIKE_DATA_DIR"] == data_dir
-    assert data_dir == final_stage("api").env()["LOOKALIKE_DATA_DIR"]
-    api_volume = volume_mounts("api")[data_dir]
-    assert volume_mounts("writer")[data_dir] == api_volume
-    assert api_volume in COMPOSE["volumes"], "the index should be a named volume"
-    assert data_dir in final_stage("api").all("VOLUME")[0]
+def test_api_and_writer_share_nothing_but_redis_and_the_object_store() -> None:
+    api, writer = environment("api"), environment("writer")
+    assert (
+        api["LOOKALIKE_SNAPSHOT_URL"]
+        == writer["LOOKALIKE_SNAPSHOT_URL"]
+        == "s3://lookalike/snapshots"
+    )
+    assert api["AWS_ENDPOINT_URL"] == writer["AWS_ENDPOINT_URL"] == "http://s3:9000"
+    assert "s3" in SERVICES and SERVICES["s3"]["volumes"] == ["snapshots:/data"]
+    for service in ("api", "writer"):
+        assert not SERVICES[service].get("volumes"), f"{service} mounts a volume"
+        assert SERVICES[service]["depends_on"]["s3"]["condition"] == "service_started"
+    assert api["LOOKALIKE_DATA_DIR"] == final_stage("api").env()["LOOKALIKE_DATA_DIR"]
 
 
 def test_api_publishes_its_port_and_checks_healthz() -> None:
@@ -484,7 +497,8 @@ def test_dockerfile_runs_as_a_user_on_python_311_slim(dockerfile: Path) -> None:
     final = stages[-1]
     assert final.last("USER") not in (None, "root", "0")
     installs = " ".join(run for stage in stages for run in stage.all("RUN"))
-    assert "pip install --no-cache-dir ." in installs
+    assert "pip-install ." in installs  # docker/pip-install.sh: pip install --no-cache-dir
+    assert "pip install --no-cache-dir" in (ROOT / "docker" / "pip-install.sh").read_text()
     assert final.all("COPY")[0].startswith("--from="), "the runtime stage takes the built venv"
 
 
@@ -537,11 +551,19 @@ def test_dockerignore_excludes_the_venv_data_and_tests() -> None:
     assert not any(pattern.startswith("!") for pattern in patterns)
 
 
+def compose_cli() -> list[str] | None:
+    """`docker compose` (v2), else `docker-compose` (v1, Debian's), else None."""
+    for argv in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(argv[0]) is None:
+            continue
+        probe = subprocess.run([*argv, "version"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return argv
+    return None
+
+
 def docker_compose_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
-    return probe.returncode == 0
+    return compose_cli() is not None
 
 
 def compose_config(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -549,7 +571,7 @@ def compose_config(tmp_path: Path, *args: str, **env: str) -> subprocess.Complet
     empty = tmp_path / "empty.env"
     empty.touch()
     shell = {key: value for key, value in os.environ.items() if not key.startswith("LOOKALIKE_")}
-    argv = ["docker", "compose", "--env-file", str(empty), *args, "-f", str(COMPOSE_FILE)]
+    argv = [*(compose_cli() or []), "--env-file", str(empty), *args, "-f", str(COMPOSE_FILE)]
     return subprocess.run(
         [*argv, "config", "-q"],
         capture_output=True, text=True, cwd=ROOT, timeout=60, env={**shell, **env},
@@ -565,10 +587,13 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path, profile: list[st
 
 
 @pytest.mark.skipif(not docker_compose_available(), reason="no `docker compose` on this machine")
-def test_docker_compose_refuses_to_run_without_an_api_key(tmp_path: Path) -> None:
-    result = compose_config(tmp_path)
+@pytest.mark.parametrize(
+    "missing", ["LOOKALIKE_API_KEY", "S3_ACCESS_KEY", "S3_SECRET_KEY", "REDIS_PASSWORD"]
+)
+def test_docker_compose_refuses_to_run_without_its_secrets(tmp_path: Path, missing: str) -> None:
+    result = compose_config(tmp_path, **{k: v for k, v in SHELL.items() if k != missing})
     assert result.returncode != 0
-    assert "set LOOKALIKE_API_KEY (see .env.example)" in result.stderr
+    assert f"set {missing} (see .env.example)" in result.stderr
 
 
 def test_sys_executable_launcher_is_normalized_like_a_container_command() -> None:

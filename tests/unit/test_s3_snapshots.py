@@ -112,3 +112,12 @@ def test_a_host_keeps_only_the_copy_it_loaded(store, s3, tmp_path):
 def test_a_url_that_is_not_s3_is_refused(tmp_path):
     with pytest.raises(Exception, match="not an S3 URL: 's3:///x'"):
         S3SnapshotStore("s3:///x", tmp_path, client=object())
+
+
+def test_the_writer_creates_a_missing_bucket(s3, tmp_path):
+    url = f"s3://new-{uuid.uuid4().hex[:12]}/snaps"
+    store = S3SnapshotStore(url, tmp_path, client=s3.client())
+    assert store.snapshots() == []  # a bucket not there yet holds no snapshot
+    assert store.load_newest().index is None
+    store.publish(index_of(1), "10-0", {})
+    assert [snap.position for snap in store.snapshots()] == ["10-0"]
