@@ -11,8 +11,8 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from api import validation
 from api.errors import domain_error
 from api.services import current_services
+from shared import keys
 from shared.errors import LookalikeError
-from shared.images import make_thumbnail
 
 gallery = Blueprint("gallery", __name__)
 FILTERS = ("gender", "masterCategory", "articleType", "baseColour")
@@ -126,10 +126,17 @@ def search_upload() -> Any:
         return page(202 if record.state != "failed" else 422, error=message, k=k,
                     pending=record.task_id)  # fmt: skip
     results = services().search_results(record)
-    thumbnail = make_thumbnail(image, 256, settings.max_image_pixels)
     query = {
-        "image_url": "data:image/jpeg;base64," + base64.b64encode(thumbnail).decode(),
+        "image_url": query_image_url(record.task_id),
         "product_id": None,
         "metadata": {"productDisplayName": request.files["image"].filename or "your image"},
     }
     return page(k=k, query=query, results=results)
+
+
+def query_image_url(task_id: str) -> str:
+    """The search image's thumbnail, which its worker made, as a data: URI ("" if none is kept)."""
+    thumbnail = services().redis.get(keys.query_thumbnail(task_id))
+    if thumbnail is None:
+        return ""
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail).decode()  # type: ignore[arg-type]

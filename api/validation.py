@@ -15,7 +15,7 @@ from werkzeug.datastructures import FileStorage
 from api.errors import BadRequest, Unauthorized
 from api.schemas import FILTER_PREFIX, GridQuery, NeighboursQuery, ProductForm, ProductPageQuery
 from shared.errors import ImageTooLarge
-from shared.images import open_image
+from shared.images import check_header
 from shared.settings import Settings
 
 
@@ -104,13 +104,16 @@ def depth(value: Any) -> int:
 
 
 def image(upload: FileStorage | None, settings: Settings) -> bytes:
-    """The upload's bytes, once they are known to be an image we can embed."""
+    """The upload's bytes, once its header shows an image we can embed (size, format, pixels).
+
+    The pixels are decoded by the embed worker only, once: broken data fails its task there.
+    """
     if upload is None:
         raise BadRequest("missing file field image")
     data = upload.read(settings.max_image_bytes + 1)
     if len(data) > settings.max_image_bytes:
         raise ImageTooLarge(f"image file is larger than {settings.max_image_bytes} bytes")
-    open_image(data, settings.max_image_pixels)
+    check_header(data, settings.max_image_pixels)
     return data
 
 

@@ -27,6 +27,13 @@ class TruncatedImage(InvalidImage):
     code = "truncated_image"
 
 
+class UndecodableImage(InvalidImage):
+    """The header is sound but the pixel data cannot be decoded: only a worker's full decode
+    finds it, so the upload is accepted and its task fails."""
+
+    code = "undecodable_image"
+
+
 class ImageTooLarge(InvalidImage):
     code = "image_too_large"
     http_status = 413

@@ -34,5 +34,10 @@ def query_vector(task_id: str) -> str:
     return f"{PREFIX}qvec:{task_id}"
 
 
+def query_thumbnail(task_id: str) -> str:
+    """The thumbnail of a search image (made by the worker), kept as long as its vector."""
+    return f"{PREFIX}qthumb:{task_id}"
+
+
 def thumbnail(product_id: str) -> str:
     return f"{PREFIX}thumb:{product_id}"

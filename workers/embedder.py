@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import WeightsUnavailable
-from shared.images import ImageDecoder
+from shared.images import Decoded, ImageDecoder
 from shared.model_id import EMBEDDING_DIM, model_id
 from shared.settings import Settings
 from workers.weights import resolve_weights
@@ -45,6 +46,14 @@ def build_model(settings: Settings, weights: Path) -> Any:
         keras.mixed_precision.set_global_policy(previous)
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """An image's vector and its thumbnail, both from one decode."""
+
+    vector: np.ndarray
+    thumbnail: bytes
+
+
 class Embedder:
     """Turns images into 2048-d float32 vectors; build once per process (see get_embedder)."""
 
@@ -63,6 +72,7 @@ class Embedder:
             settings.interpolation,
             settings.max_image_pixels,
             settings.decode_threads,
+            thumbnail_side=settings.thumbnail_size,
         )
         started = time.perf_counter()
         self._model = build_model(settings, weights.path)
@@ -105,6 +115,19 @@ class Embedder:
     def embed_bytes(self, blobs: Sequence[bytes]) -> list[np.ndarray | Exception]:
         """Decode and embed; a bad image yields its error in place and never fails the others."""
         return self._embed_decoded(self.decoder.decode_many(blobs))
+
+    def embed_with_thumbnails(self, blobs: Sequence[bytes]) -> list[Embedded | Exception]:
+        """embed_bytes, each image's thumbnail made from the same decode as its model input."""
+        decoded = self.decoder.decode_with_thumbnails(blobs)
+        pixels = [item.pixels if isinstance(item, Decoded) else item for item in decoded]
+        results: list[Embedded | Exception] = []
+        for item, vector in zip(decoded, self._embed_decoded(pixels), strict=True):
+            if isinstance(vector, Exception):  # the image's own decode failed
+                results.append(vector)
+            else:
+                assert isinstance(item, Decoded) and item.thumbnail is not None
+                results.append(Embedded(vector, item.thumbnail))
+        return results
 
     def embed_stream(
         self, batches: Iterable[Sequence[bytes]]

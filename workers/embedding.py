@@ -9,19 +9,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
 import redis
 from celery.signals import worker_init
 from celery_batches import Batches, SimpleRequest
 
 from shared import keys
 from shared.errors import EXIT_CONFIG, LookalikeError, WeightsUnavailable
-from shared.images import make_thumbnail
 from shared.index import unusable_reason
 from shared.queue import EMBED_TASK
 from shared.records import TaskRecord, TaskStore, connect, failure
 from workers.app import celery_app, settings
-from workers.embedder import Embedder, get_embedder
+from workers.embedder import Embedded, Embedder, get_embedder
 from workers.publish import Publisher
 
 log = logging.getLogger(__name__)
@@ -97,7 +95,7 @@ def process_batch(task_ids: list[str]) -> None:
     embedder = get_embedder(settings)
     passes, started = embedder.forward_passes, time.perf_counter()
     try:
-        results = embedder.embed_bytes([job.image for job in jobs])
+        results = embedder.embed_with_thumbnails([job.image for job in jobs])
     except Exception as exc:  # the model itself failed (e.g. out of memory): fail, never hang
         log.exception("forward pass failed for %d tasks", len(jobs))
         results = [exc] * len(jobs)
@@ -119,7 +117,7 @@ def process_batch(task_ids: list[str]) -> None:
             finish_failed(job.record, failure("embed_failed", f"could not embed: {exc}"))
 
 
-def finish(job: Job, result: np.ndarray | Exception, embedder: Embedder) -> None:
+def finish(job: Job, result: Embedded | Exception, embedder: Embedder) -> None:
     if isinstance(result, LookalikeError):
         finish_failed(job.record, failure(result.code, result.message))
     elif isinstance(result, Exception):
@@ -161,13 +159,14 @@ def finish_failed(record: TaskRecord, error: dict[str, str]) -> None:
     publisher().fail(record, error)
 
 
-def finish_search(record: TaskRecord, vector: np.ndarray, embedder: Embedder) -> None:
-    publisher().search_done(record, vector, embedder.model_id)
+def finish_search(record: TaskRecord, result: Embedded, embedder: Embedder) -> None:
+    """Keep the query's vector and thumbnail (the gallery shows it): the API decodes nothing."""
+    publisher().search_done(record, result.vector, embedder.model_id, result.thumbnail)
 
 
-def finish_index(job: Job, vector: np.ndarray, embedder: Embedder) -> None:
+def finish_index(job: Job, result: Embedded, embedder: Embedder) -> None:
     """Journal the vector and update the product, atomically, unless a later request won."""
-    record = job.record
+    record, vector = job.record, result.vector
     reason = unusable_reason(vector)
     if reason is not None:  # e.g. a blank image under max pooling: no direction to compare
         finish_failed(record, failure("invalid_vector", f"the image's embedding {reason}"))
@@ -180,8 +179,7 @@ def finish_index(job: Job, vector: np.ndarray, embedder: Embedder) -> None:
         )
         finish_failed(record, failure("model_mismatch", message))
         return
-    thumbnail = make_thumbnail(job.image, settings.thumbnail_size, settings.max_image_pixels)
-    publisher().indexed(record, vector, embedder.model_id, job.image, thumbnail)
+    publisher().indexed(record, vector, embedder.model_id, job.image, result.thumbnail)
 
 
 def claim_index_model(model_id: str) -> str:

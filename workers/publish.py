@@ -32,12 +32,16 @@ class Publisher:
             record, TaskState.FAILED, error=error, writes=lambda pipe: pipe.delete(upload)
         )
 
-    def search_done(self, record: TaskRecord, vector: np.ndarray, model_id: str) -> bool:
-        """Keep the query vector (for search_ttl), from which any API process answers."""
+    def search_done(
+        self, record: TaskRecord, vector: np.ndarray, model_id: str, thumbnail: bytes | None = None
+    ) -> bool:
+        """Keep the query vector and thumbnail (for search_ttl): any API process answers."""
         data = np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
         def writes(pipe: Any) -> None:
             pipe.set(keys.query_vector(record.task_id), data, ex=self.search_ttl)
+            if thumbnail is not None:
+                pipe.set(keys.query_thumbnail(record.task_id), thumbnail, ex=self.search_ttl)
             pipe.delete(keys.upload(record.task_id))
 
         result = {"model_id": model_id, "dim": int(vector.shape[0])}

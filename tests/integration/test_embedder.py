@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import redis
+import requests
+from PIL import Image
 
-from shared.errors import NotAnImage, WeightsUnavailable
+from shared import keys
+from shared.errors import NotAnImage, UndecodableImage, WeightsUnavailable
+from shared.images import decode, decode_count, open_image
 from shared.model_id import is_random_model, model_id
 from shared.settings import Settings
-from tests.support.images import varied_images
-from workers.embedder import Embedder, get_embedder
+from tests.support.client import post_product, product_image, wait_task
+from tests.support.images import encode, pattern, varied_images
+from tests.support.stack import Stack
+from workers.embedder import Embedded, Embedder, get_embedder
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -208,3 +219,87 @@ def _env(settings: Settings) -> dict[str, str]:
     import os
 
     return {**os.environ, "LOOKALIKE_WEIGHTS": settings.weights, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def broken_jpeg() -> bytes:
+    """A JPEG whose header is sound but whose pixel data stops halfway."""
+    data = encode(pattern(240, 320, seed=5), "JPEG", quality=90)
+    return data[: len(data) // 2]
+
+
+def what_pil_says(data: bytes) -> str:
+    with pytest.raises(UndecodableImage) as error:
+        open_image(data, 40_000_000)
+    return error.value.message
+
+
+def test_each_image_is_decoded_once_for_its_vector_and_thumbnail(embedder, image_files):
+    blobs = [path.read_bytes() for path in image_files]
+    decodes = decode_count()
+    results = embedder.embed_with_thumbnails([*blobs, broken_jpeg()])
+    assert decode_count() - decodes == len(blobs)  # the broken one fails in its one decode
+    vectors = embedder.embed_bytes(blobs)
+    for blob, result, vector in zip(blobs, results[:-1], vectors, strict=True):
+        assert isinstance(result, Embedded) and isinstance(vector, np.ndarray)
+        assert np.array_equal(result.vector, vector)  # the same model input, byte for byte
+        assert result.thumbnail == decode(blob, thumbnail_side=256).thumbnail
+        assert max(Image.open(io.BytesIO(result.thumbnail)).size) <= 256
+    assert isinstance(results[-1], UndecodableImage)
+    assert results[-1].code == "undecodable_image"
+
+
+@pytest.fixture(scope="module")
+def slow_batches(tmp_path_factory, weights_file) -> Iterator[tuple[Stack, str]]:
+    """A stack whose worker waits 3 s to fill a batch: uploads posted together share one."""
+    stack = Stack(tmp_path_factory.mktemp("stack"), weights_file, batch_wait=3)
+    stack.start_redis()
+    stack.start_worker()
+    stack.start_writer()
+    url = stack.start_api()
+    stack.wait_ready(url)
+    yield stack, url
+    stack.stop_all()
+
+
+def test_broken_pixel_data_fails_its_own_task_and_not_its_batch(slow_batches):
+    stack, url = slow_batches
+    stats = redis.Redis.from_url(stack.redis.url)
+    before = {k.decode(): float(v) for k, v in stats.hgetall(keys.STATS).items()}
+    good = post_product(url, "good", product_image(1))
+    broken = post_product(url, "bad", broken_jpeg())
+    assert (good.status_code, broken.status_code) == (202, 202)
+    assert wait_task(url, good.json()["task_id"])["state"] == "succeeded"
+    failed = wait_task(url, broken.json()["task_id"])
+    assert failed["state"] == "failed"
+    assert failed["error"] == {"code": "undecodable_image", "message": what_pil_says(broken_jpeg())}
+    assert re.fullmatch(
+        r"cannot decode the JPEG image: image file is truncated \(\d+ bytes not processed\)",
+        failed["error"]["message"],
+    )
+    after = {k.decode(): float(v) for k, v in stats.hgetall(keys.STATS).items()}
+    assert after["images_embedded"] - before.get("images_embedded", 0) == 2
+    assert after["forward_passes"] - before.get("forward_passes", 0) == 1  # one batch
+
+
+def test_the_product_thumbnail_comes_from_the_worker_s_one_decode(slow_batches):
+    _, url = slow_batches
+    image = product_image(2)
+    response = post_product(url, "thumbnailed", image)
+    assert wait_task(url, response.json()["task_id"])["state"] == "succeeded"
+    served = requests.get(f"{url}/api/v1/products/thumbnailed/image", timeout=10)
+    assert served.content == decode(image, thumbnail_side=256).thumbnail
+
+
+def test_the_gallery_shows_the_search_thumbnail_the_worker_kept(slow_batches):
+    stack, url = slow_batches
+    image = product_image(3)
+    files = {"image": ("query.jpg", image, "image/jpeg")}
+    page = requests.post(f"{url}/", files=files, data={"k": 3}, timeout=60)
+    assert page.status_code == 200, page.text[:300]
+    shown = re.search(r'<img src="data:image/jpeg;base64,([^"]+)" alt="query image">', page.text)
+    assert shown, page.text[:500]
+    assert base64.b64decode(shown.group(1)) == decode(image, thumbnail_side=256).thumbnail
+    client = redis.Redis.from_url(stack.redis.url)
+    (key,) = client.keys(keys.query_thumbnail("*"))
+    (vector,) = client.keys(keys.query_vector("*"))
+    assert abs(client.ttl(key) - client.ttl(vector)) <= 1  # kept as long as the query vector
