@@ -22,6 +22,8 @@ def readyz() -> Any:
     checks = current_services().readiness()
     ready = not any(isinstance(value, str) for value in checks.values())  # failures are reasons
     body = {"ready": ready, "checks": checks, **current_services().index_model()}
+    if not isinstance(checks["redis"], str):
+        body["lag"] = current_services().lags()
     if isinstance(checks["redis"], str):  # the one error shape as well, for clients that read it
         body["error"] = {"code": "redis_unavailable", "message": f"Redis is {checks['redis']}"}
     return jsonify(body), 200 if ready else 503

@@ -12,8 +12,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import keys
-from shared.follower import lag_seconds
-from shared.journal import START
 from shared.queue import EMBED_QUEUE
 from shared.records import TaskState
 
@@ -101,16 +99,18 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily(
             "lookalike_journal_entries", "Entries in the index journal", client.xlen(keys.JOURNAL)
         )
-        writer = client.get(keys.WRITER_POSITION)
-        writer_position = writer.decode() if writer else START
-        yield GaugeMetricFamily(
-            "lookalike_writer_lag_seconds", "Age of the oldest entry the writer has not applied",
-            lag_seconds(client, writer_position),
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "lookalike_replica_lag_seconds", "Age of the oldest entry this replica has not applied",
-            lag_seconds(client, self.services.replica.catalog.position),
-        )  # fmt: skip
+        lags = self.services.lags()
+        for name in ("writer", "replica"):
+            who = "the writer" if name == "writer" else "this replica"
+            yield GaugeMetricFamily(
+                f"lookalike_{name}_lag_seconds", f"Age of the oldest entry {who} has not applied",
+                lags[name]["seconds"],
+            )  # fmt: skip
+            if lags[name]["entries"] is not None:
+                yield GaugeMetricFamily(
+                    f"lookalike_{name}_lag_entries", f"Journal entries {who} has not applied",
+                    lags[name]["entries"],
+                )  # fmt: skip
         yield GaugeMetricFamily(
             "lookalike_indexed_products", "Products Redis says are indexed (compare index_items)",
             client.scard(keys.INDEXED),

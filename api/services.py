@@ -17,7 +17,9 @@ from api.metrics import queue_name
 from api.replica import Replica
 from shared import keys
 from shared.errors import LookalikeError, ModelMismatch
+from shared.follower import lag_seconds
 from shared.journal import START, delete_entry
+from shared.journal import append as journal_append
 from shared.model_id import RANDOM_MODEL_NOTICE, is_random_model
 from shared.queue import BULK_PRIORITY, PRIORITY_STEPS, SEARCH_PRIORITY, make_celery, send_embed
 from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, connect, failure
@@ -157,7 +159,7 @@ class Services:
                     if not pipe.exists(product_key):
                         raise NotFound(f"unknown product {product_id}")
                     pipe.multi()
-                    pipe.xadd(keys.JOURNAL, delete_entry(product_id))
+                    journal_append(self.redis, pipe, delete_entry(product_id))
                     self.products.remove(pipe, product_id)
                     pipe.execute()
                     return
@@ -258,6 +260,28 @@ class Services:
             )
         return True
 
+    def lags(self) -> dict[str, dict[str, float | int | None]]:
+        """How far the writer and this replica are behind the journal's head: the age of the
+        oldest entry each has not applied, and how many entries (None: not numbered yet)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(keys.WRITER_POSITION)
+        pipe.get(keys.WRITER_SEQ)
+        pipe.get(keys.JOURNAL_SEQ)
+        writer, writer_seq, head = pipe.execute()
+        catalog = self.replica.catalog
+        behind = [
+            ("writer", writer.decode() if writer else START, _int(writer_seq) if writer else 0),
+            ("replica", catalog.position, catalog.seq),
+        ]
+        head_seq = _int(head) or 0
+        return {
+            name: {
+                "seconds": round(lag_seconds(self.redis, position), 3),
+                "entries": None if seq is None else max(head_seq - seq, 0),
+            }
+            for name, position, seq in behind
+        }
+
     def index_counts(self) -> dict[str, int | None]:
         """The replica's items and Redis' indexed products; `indexed` None unless the replica
         is exactly at the journal's head (then the two must be equal)."""
@@ -289,3 +313,7 @@ class Services:
         except Exception:
             return 0
         return sum(1 for reply in replies for name in reply if name.startswith("embed@"))
+
+
+def _int(raw: bytes | None) -> int | None:
+    return None if raw is None else int(raw)

@@ -26,6 +26,8 @@ class Catalog:
         self.settings = settings
         self.index = index
         self.position = START if index is None else (index.journal_position or START)
+        # The journal number of the entry at position (None: unknown, before numbering).
+        self.seq: int | None = None if index is None else index.extra.get("seq")
         self.metadata: dict[str, dict[str, Any]] = {}
         # field -> value -> ids: filters, and the values a filter menu offers.
         self._by_field: dict[str, dict[str, set[str]]] = {}
@@ -60,9 +62,9 @@ class Catalog:
         """
         pending: dict[str, JournalEntry] = {}
         applied = 0
-        position = self.position
+        position, seq = self.position, self.seq
         for entry in entries:
-            position = entry.position
+            position, seq = entry.position, entry.seq if entry.seq is not None else seq
             if entry.op == "delete":
                 pending.pop(entry.product_id, None)
                 self._delete(entry.product_id)
@@ -73,7 +75,7 @@ class Catalog:
             applied += 1
         if pending:
             self._upsert(list(pending.values()))
-        self.position = position
+        self.position, self.seq = position, seq
         if self.index is not None:
             self.index.journal_position = position
         return applied
@@ -182,7 +184,7 @@ class Catalog:
             return None
         with self._lock:
             metadata = {pid: dict(meta) for pid, meta in self.metadata.items()}
-        return store.publish(self.index, self.position, {"metadata": metadata})
+        return store.publish(self.index, self.position, {"metadata": metadata, "seq": self.seq})
 
 
 def _id_order(product_id: str) -> tuple[int, int, str]:

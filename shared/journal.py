@@ -9,6 +9,8 @@ from typing import Any, Literal
 import numpy as np
 from redis.typing import EncodableT, FieldT
 
+from shared import keys
+
 Op = Literal["upsert", "delete"]
 Fields = dict[FieldT, EncodableT]
 START = "0-0"  # the position before the first entry
@@ -22,6 +24,22 @@ class JournalEntry:
     model_id: str = ""
     vector: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    seq: int | None = None  # the entry's number in the journal (None: written before numbering)
+
+
+# XADD with the journal's next number as the entry's first field, in one step: readers then know
+# how many entries they are behind the head (the head's number is keys.JOURNAL_SEQ) in O(1).
+APPEND = """
+local seq = redis.call('INCR', KEYS[2])
+return redis.call('XADD', KEYS[1], '*', 'n', seq, unpack(ARGV))
+"""
+
+
+def append(client: Any, pipe: Any, fields: Fields) -> None:
+    """Queue the entry's append on pipe (a transaction, usually); client registers the script."""
+    script = client.register_script(APPEND)
+    args = [item for pair in fields.items() for item in pair]
+    script(keys=[keys.JOURNAL, keys.JOURNAL_SEQ], args=args, client=pipe)
 
 
 def upsert_entry(
@@ -44,8 +62,9 @@ def parse_entry(position: bytes | str, fields: dict[bytes, bytes]) -> JournalEnt
     pos = position.decode() if isinstance(position, bytes) else position
     op = fields[b"op"].decode()
     product_id = fields[b"id"].decode()
+    seq = int(fields[b"n"]) if b"n" in fields else None
     if op == "delete":
-        return JournalEntry(pos, "delete", product_id)
+        return JournalEntry(pos, "delete", product_id, seq=seq)
     return JournalEntry(
         pos,
         "upsert",
@@ -53,6 +72,7 @@ def parse_entry(position: bytes | str, fields: dict[bytes, bytes]) -> JournalEnt
         model_id=fields[b"model"].decode(),
         vector=np.frombuffer(fields[b"vec"], dtype="<f4"),
         metadata=json.loads(fields[b"meta"]),
+        seq=seq,
     )
 
 

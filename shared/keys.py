@@ -5,6 +5,7 @@ from __future__ import annotations
 PREFIX = "lk:"
 JOURNAL = PREFIX + "journal"  # stream of index changes: the source of every index
 JOURNAL_TRIMMED = PREFIX + "journal:trimmed"  # id of the newest entry trimmed away
+JOURNAL_SEQ = PREFIX + "journal:seq"  # the number of the newest journal entry
 INDEXED = PREFIX + "indexed"  # set of product ids whose vector is in the journal or a snapshot
 LOST = PREFIX + "index:lost"  # set of product ids whose vectors were lost: re-import them
 DAMAGE = PREFIX + "index:damage"  # why vectors were lost, when the writer found out
@@ -12,6 +13,7 @@ INDEX_MODEL = PREFIX + "index:model"  # the model id every vector in the journal
 PRODUCTS = PREFIX + "products"  # set of known product ids
 WRITER_LOCK = PREFIX + "writer:lock"  # held by the one index writer
 WRITER_POSITION = PREFIX + "writer:position"  # the last journal entry the writer applied
+WRITER_SEQ = PREFIX + "writer:seq"  # that entry's number
 STATS = PREFIX + "stats"  # hash of counters: tasks by state, forward passes, images embedded
 BATCH_SIZES = PREFIX + "stats:batch_sizes"  # hash: batch size -> number of forward passes
 

@@ -67,8 +67,15 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(300, ge=1, description="Hard time limit of one task, seconds.")
     task_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds task records are kept.")
     upload_ttl: int = Field(24 * 3600, ge=60, description="Seconds an upload waits for a worker.")
-    snapshot_every: int = Field(1000, ge=1, description="Journal entries between snapshots.")
-    snapshot_interval: float = Field(60.0, gt=0, description="Max seconds between snapshots.")
+    snapshot_every: int = Field(
+        1000, ge=1, description="Fewest journal entries that make a snapshot due by size."
+    )
+    snapshot_fraction: float = Field(
+        0.1, gt=0, le=1, description="Share of the index that makes a snapshot due by size."
+    )
+    snapshot_interval: float = Field(
+        60.0, gt=0, description="Seconds after which any change makes a snapshot due."
+    )
     search_wait: float = Field(10.0, ge=0, description="Seconds a search waits for its vector.")
     max_metadata_bytes: int = Field(16384, ge=2, description="Largest metadata JSON accepted.")
     thumbnail_size: int = Field(256, ge=16, le=1024, description="Longest side of thumbnails.")

@@ -10,7 +10,7 @@ import numpy as np
 import redis
 
 from shared import keys
-from shared.journal import upsert_entry
+from shared.journal import append, upsert_entry
 from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, failure
 
 
@@ -65,7 +65,7 @@ class Publisher:
             )
 
         def writes(pipe: Any) -> None:
-            pipe.xadd(keys.JOURNAL, upsert_entry(product_id, vector, model_id, metadata))
+            append(self.client, pipe, upsert_entry(product_id, vector, model_id, metadata))
             ProductStore.mark_indexed(pipe, product_id, metadata, digest, model_id)
             pipe.set(keys.thumbnail(product_id), thumbnail)
             pipe.delete(keys.upload(record.task_id))

@@ -23,6 +23,7 @@ from shared.follower import read_after, trim_before
 from shared.records import connect
 from shared.settings import Settings, get_settings
 from shared.snapshots import open_store
+from workers.policy import SnapshotPolicy
 from workers.restore import restore
 
 log = logging.getLogger("lookalike.writer")
@@ -98,24 +99,35 @@ class IndexWriter:
                 self.lock.release()
 
     def _follow(self, catalog: Catalog) -> None:
-        unsaved, last_save = 0, time.monotonic()
+        policy = SnapshotPolicy(self.settings, trim_pending=self.client.xlen(keys.JOURNAL) > 1)
+        unsaved = 0
         while not self.stop_event.is_set() and self.holding.is_set():
             entries = read_after(self.client, catalog.position, block_ms=500)
             unsaved += catalog.apply(entries)
             if entries:
-                self.client.set(keys.WRITER_POSITION, catalog.position)
-            due = time.monotonic() - last_save >= self.settings.snapshot_interval
-            if unsaved >= self.settings.snapshot_every or (unsaved and due):
-                self.snapshot(catalog)
-                unsaved, last_save = 0, time.monotonic()
+                self._report(catalog)
+            if policy.due(unsaved, len(catalog)) and catalog.index is not None:
+                started = time.monotonic()
+                kept_from = self.snapshot(catalog)
+                policy.done(time.monotonic() - started, kept_from != catalog.position)
+                unsaved = 0
         if unsaved and self.holding.is_set():
             self.snapshot(catalog)
 
-    def snapshot(self, catalog: Catalog) -> None:
-        """Publish, prune to the newest kept, trim the journal back to the oldest kept."""
+    def _report(self, catalog: Catalog) -> None:
+        """Where the writer is, for /metrics and /readyz (its lag behind the journal's head)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(keys.WRITER_POSITION, catalog.position)
+        if catalog.seq is not None:
+            pipe.set(keys.WRITER_SEQ, catalog.seq)
+        pipe.execute()
+
+    def snapshot(self, catalog: Catalog) -> str | None:
+        """Publish, prune to the newest kept, trim the journal back to the oldest kept (its
+        position, returned)."""
         if not self.still_holding():
             log.warning("not the writer any more: no snapshot")
-            return
+            return None
         started = time.perf_counter()
         snapshot = catalog.save(self.store)
         pruned = self.store.prune(still_allowed=self.still_holding)
@@ -128,6 +140,7 @@ class IndexWriter:
             snapshot.name if snapshot else "-", len(catalog), time.perf_counter() - started,
             len(pruned), trimmed, kept_from or "its start",
         )  # fmt: skip
+        return kept_from
 
 
 def main() -> None:

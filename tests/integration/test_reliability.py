@@ -154,3 +154,20 @@ def test_restart_of_the_stack_returns_the_same_neighbours(stack, api):
     for pid, hits in before.items():
         assert [h["product_id"] for h in after[pid]] == [h["product_id"] for h in hits]
         assert [h["score"] for h in after[pid]] == pytest.approx([h["score"] for h in hits])
+
+
+def test_an_idle_writer_trims_the_journal_to_one_entry(stack, api):
+    task_ids = post_many(api, "idle", 3)
+    assert {wait_task(api, task_id)["state"] for task_id in task_ids} == {"succeeded"}
+    client = redis_of(stack)
+    store = SnapshotStore(stack.root / "data" / "index", keep=2)
+
+    def trimmed_to_the_head() -> bool:
+        snapshots = store.snapshots()
+        head = client.xrevrange(keys.JOURNAL, count=1)[0][0].decode()
+        return client.xlen(keys.JOURNAL) == 1 and [s.position for s in snapshots] == [head] * 2
+
+    wait_until(trimmed_to_the_head, 15, "the journal was not trimmed to its head when idle")
+    lag = requests.get(f"{api}/readyz", timeout=10).json()["lag"]
+    assert lag["writer"] == {"seconds": 0.0, "entries": 0}
+    assert lag["replica"] == {"seconds": 0.0, "entries": 0}

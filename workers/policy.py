@@ -1,0 +1,40 @@
+"""When the index writer snapshots: the total cost of snapshots linear in the catalog's size, the
+journal (and so Redis' memory) bounded while it grows and back near nothing once it is idle."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from shared.settings import Settings
+
+# A snapshot never takes more than 1/SIZE_DUTY of the writer's time when entries pour in, nor
+# 1/TIME_DUTY when a few trickle in: the pause between two is a multiple of the last one's length.
+SIZE_DUTY = 4
+TIME_DUTY = 10
+
+
+@dataclass
+class SnapshotPolicy:
+    """Due when the entries since the last snapshot reach a share of the index (at least
+    snapshot_every), or by time while anything changed, or, once idle, to let the journal be
+    trimmed up to the newest snapshot (the two kept ones then hold the same position)."""
+
+    settings: Settings
+    last_at: float = field(default_factory=time.monotonic)
+    last_seconds: float = 0.0
+    trim_pending: bool = False  # the journal still holds entries the newest snapshot covers
+
+    def due(self, unsaved: int, items: int, now: float | None = None) -> bool:
+        elapsed = (time.monotonic() if now is None else now) - self.last_at
+        by_size = unsaved >= max(
+            self.settings.snapshot_every, self.settings.snapshot_fraction * items
+        )
+        if by_size:
+            return elapsed >= SIZE_DUTY * self.last_seconds
+        gap = max(self.settings.snapshot_interval, TIME_DUTY * self.last_seconds)
+        return (unsaved > 0 or self.trim_pending) and elapsed >= gap
+
+    def done(self, seconds: float, trim_pending: bool, now: float | None = None) -> None:
+        self.last_at = time.monotonic() if now is None else now
+        self.last_seconds, self.trim_pending = seconds, trim_pending
