@@ -20,25 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from shared.settings import Settings
+from tests.support.images import make_jpegs
 from workers.embedder import Embedder
 from workers.weights import write_random_weights
-
-
-def make_jpegs(count: int, width: int, height: int) -> list[bytes]:
-    """Distinct photo-like JPEGs (smooth colour fields plus noise) of the given size."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    blobs = []
-    for _ in range(count):
-        freq, phase = rng.uniform(0.005, 0.05, 3), rng.uniform(0, 6.3, 3)
-        rgb = np.stack([127 + 120 * np.sin(freq[c] * (xx + c * yy) + phase[c]) for c in range(3)])
-        pixels = np.clip(rgb.transpose(1, 2, 0) + rng.normal(0, 6, (height, width, 3)), 0, 255)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels.astype(np.uint8)).save(buffer, "JPEG", quality=90)
-        blobs.append(buffer.getvalue())
-    return blobs
 
 
 def rate(count: int, seconds: float) -> float:

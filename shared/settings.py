@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         "(a seeded random model for demos, written once under data_dir/weights).",
     )
     pooling: Pooling = Field("max", description="Global pooling after ResNet50: max or avg.")
+    model: Literal["resnet50", "trivial"] = Field(
+        "resnet50",
+        description="Benchmarks only: 'trivial' replaces ResNet50 by block means of the pixels.",
+    )
     precision: Precision = Field("float32", description="Compute precision; output is float32.")
     batch_size: int = Field(32, ge=1, le=1024, description="Images per forward pass.")
     jit_compile: bool = Field(False, description="Compile the forward pass with XLA.")

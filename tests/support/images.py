@@ -53,3 +53,18 @@ def varied_images() -> dict[str, bytes]:
         "image.bmp": encode(base, "BMP"),
         "image.tiff": encode(base, "TIFF"),
     }
+
+
+def make_jpegs(count: int, width: int, height: int) -> list[bytes]:
+    """Distinct photo-like JPEGs (smooth colour fields plus noise) of the given size."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    blobs = []
+    for _ in range(count):
+        freq, phase = rng.uniform(0.005, 0.05, 3), rng.uniform(0, 6.3, 3)
+        rgb = np.stack([127 + 120 * np.sin(freq[c] * (xx + c * yy) + phase[c]) for c in range(3)])
+        pixels = np.clip(rgb.transpose(1, 2, 0) + rng.normal(0, 6, (height, width, 3)), 0, 255)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buffer, "JPEG", quality=90)
+        blobs.append(buffer.getvalue())
+    return blobs
