@@ -12,11 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import keys
-from shared.queue import EMBED_QUEUE
 from shared.records import TaskState
-
-# kombu's Redis transport keeps one list per priority step: "embed", "embed\x06\x163", ...
-PRIORITY_SEPARATOR = "\x06\x16"
 
 
 class RequestMetrics:
@@ -119,7 +115,3 @@ class PipelineCollector(Collector):
             "lookalike_lost_products", "Products whose vectors were lost, not re-imported yet",
             client.scard(keys.LOST),
         )  # fmt: skip
-
-
-def queue_name(step: int) -> str:
-    return EMBED_QUEUE if step == 0 else f"{EMBED_QUEUE}{PRIORITY_SEPARATOR}{step}"

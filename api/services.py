@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import redis
 from celery import Celery
 from flask import current_app
+from werkzeug.datastructures import ETags
 
 from api.errors import INDEX_LOADING, IndexLoading, NotFound, NotIndexed, Overloaded, Unavailable
-from api.metrics import queue_name
 from api.replica import Replica
 from shared import keys
 from shared.errors import LookalikeError, ModelMismatch
@@ -21,12 +24,21 @@ from shared.follower import lag_seconds
 from shared.journal import START, delete_entry
 from shared.journal import append as journal_append
 from shared.model_id import RANDOM_MODEL_NOTICE, is_random_model
-from shared.queue import BULK_PRIORITY, PRIORITY_STEPS, SEARCH_PRIORITY, make_celery, send_embed
+from shared.queue import (
+    BULK_PRIORITY,
+    PRIORITY_STEPS,
+    SEARCH_PRIORITY,
+    make_celery,
+    queue_name,
+    send_embed,
+)
 from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, connect, failure
 from shared.settings import Settings
 
 POLL_SECONDS = 0.05
 MEMORY_EVERY = 1.0  # seconds between two reads of Redis' INFO memory
+# Part of every /similar ETag: bump it when that answer's body changes, so old tags never match.
+SIMILAR_ETAG_FORMAT = "similar/1"
 
 
 def current_services() -> Services:
@@ -148,6 +160,30 @@ class Services:
             return product, self.replica.catalog.similar(product_id, k, filters)
         except KeyError:
             raise NotIndexed(f"product {product_id} is not indexed yet") from None
+
+    def similar_etag(
+        self, product_id: str, k: int, filters: Mapping[str, str], if_none_match: ETags
+    ) -> tuple[str, bool]:
+        """The ETag (opaque part) of /similar's answer now, and whether if_none_match holds it
+        (weak comparison, or `*`): then the answer is a 304, without a search.
+
+        The tag digests the replica's index state, its journal position and model id, with the
+        request normalised (k, filters sorted): every journal entry applied and every reload
+        moves the position, so it changes the tag, and replicas at one position agree. Read
+        before the search, so no answer is older than its tag. A 304 only where a 200 would
+        be: the errors are those of `similar` (index loading, unknown, not indexed).
+        """
+        self.require_index()
+        catalog = self.replica.catalog
+        request = [product_id, k, sorted(filters.items())]
+        state = [SIMILAR_ETAG_FORMAT, catalog.position, catalog.model_id, request]
+        tag = hashlib.blake2b(json.dumps(state).encode(), digest_size=16).hexdigest()
+        if not if_none_match.contains_weak(tag):
+            return tag, False
+        self.known_product(product_id)
+        if product_id not in catalog:  # only `*` can get here: no 200 of this state has a tag
+            raise NotIndexed(f"product {product_id} is not indexed yet")
+        return tag, True
 
     def delete_product(self, product_id: str) -> None:
         """Journal the delete and drop the records, atomically; later tasks see it is gone."""

@@ -14,6 +14,7 @@ PRODUCTS = PREFIX + "products"  # set of known product ids
 WRITER_LOCK = PREFIX + "writer:lock"  # held by the one index writer
 WRITER_POSITION = PREFIX + "writer:position"  # the last journal entry the writer applied
 WRITER_SEQ = PREFIX + "writer:seq"  # that entry's number
+INFLIGHT = PREFIX + "tasks:inflight"  # sorted set: unfinished task ids, by when last sent
 STATS = PREFIX + "stats"  # hash of counters: tasks by state, forward passes, images embedded
 BATCH_SIZES = PREFIX + "stats:batch_sizes"  # hash: batch size -> number of forward passes
 

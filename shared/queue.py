@@ -12,6 +12,9 @@ EMBED_QUEUE = "embed"
 SEARCH_PRIORITY = 0
 BULK_PRIORITY = 6
 PRIORITY_STEPS = [0, 3, 6, 9]
+# kombu's Redis transport keeps one list per priority step: "embed", "embed\x06\x163", ...
+PRIORITY_SEPARATOR = "\x06\x16"
+UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages (by delivery tag)
 
 
 def make_celery(settings: Settings, redis_url: str) -> Celery:
@@ -47,3 +50,8 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
 def send_embed(app: Celery, task_id: str, priority: int) -> None:
     """Queue the embedding of the upload saved under task_id."""
     app.send_task(EMBED_TASK, args=[task_id], task_id=task_id, queue=EMBED_QUEUE, priority=priority)
+
+
+def queue_name(step: int) -> str:
+    """The Redis list kombu keeps the embed queue's messages of one priority step in."""
+    return EMBED_QUEUE if step == 0 else f"{EMBED_QUEUE}{PRIORITY_SEPARATOR}{step}"

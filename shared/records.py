@@ -94,6 +94,10 @@ class TaskStore:
         ttl = self.search_ttl if record.kind == "search" else self.ttl
         target.set(keys.task(record.task_id), record.to_json(), ex=ttl)
         target.hincrby(keys.STATS, f"tasks_{record.state}", 1)
+        if record.state == TaskState.QUEUED:  # a message is on its way: watched until it ends
+            target.zadd(keys.INFLIGHT, {record.task_id: record.updated_at})
+        elif record.finished:
+            target.zrem(keys.INFLIGHT, record.task_id)
 
     def update(
         self,

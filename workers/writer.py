@@ -14,17 +14,20 @@ import uuid
 from types import FrameType
 
 import redis
+from celery import Celery
 from redis.exceptions import LockError
 from redis.lock import Lock
 
 from shared import keys
 from shared.catalog import Catalog
 from shared.follower import read_after, trim_before
+from shared.queue import make_celery
 from shared.records import connect
 from shared.settings import Settings, get_settings
 from shared.snapshots import open_store
 from workers.policy import SnapshotPolicy
 from workers.restore import restore
+from workers.sweeper import Sweeper
 
 log = logging.getLogger("lookalike.writer")
 LOCK_TTL = 15.0
@@ -33,13 +36,14 @@ LOCK_TTL = 15.0
 class IndexWriter:
     """Follows the journal into a Catalog; snapshots every N entries or T seconds."""
 
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis, celery: Celery) -> None:
         self.settings = settings
         self.client = client
         self.store = open_store(settings)
         self.token = uuid.uuid4().hex
         # Token-checked: only the holder can extend or release it.
         self.lock = Lock(client, keys.WRITER_LOCK, timeout=LOCK_TTL, thread_local=False)
+        self.sweeper = Sweeper(settings, client, celery)
         self.holding = threading.Event()  # set while the lock is ours, renewed in the background
         self.stop_event = threading.Event()
 
@@ -106,6 +110,8 @@ class IndexWriter:
             unsaved += catalog.apply(entries)
             if entries:
                 self._report(catalog)
+            if self.sweeper.due():
+                self.sweeper.sweep()
             if policy.due(unsaved, len(catalog)) and catalog.index is not None:
                 started = time.monotonic()
                 kept_from = self.snapshot(catalog)
@@ -148,7 +154,8 @@ def main() -> None:
     settings = get_settings()
     if settings.redis_url is None:
         raise SystemExit("LOOKALIKE_REDIS_URL is not set: the writer needs the stack's Redis")
-    writer = IndexWriter(settings, connect(settings.redis_url))
+    celery = make_celery(settings, settings.redis_url)
+    writer = IndexWriter(settings, connect(settings.redis_url), celery)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         writer.stop_event.set()

@@ -16,8 +16,7 @@ import redis
 import requests
 
 from api.errors import REDIS_DOWN
-from api.metrics import queue_name
-from shared.queue import PRIORITY_STEPS
+from shared.queue import PRIORITY_STEPS, queue_name
 from tests.support.client import post_product, product_image
 from tests.support.stack import Stack
 

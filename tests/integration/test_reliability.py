@@ -10,6 +10,7 @@ import requests
 
 from shared import keys
 from shared.journal import position_key
+from shared.queue import PRIORITY_STEPS, queue_name
 from shared.snapshots import SnapshotStore
 from tests.support.client import post_product, product_image, similar, wait_task
 from tests.support.stack import Stack, wait_until
@@ -171,3 +172,15 @@ def test_an_idle_writer_trims_the_journal_to_one_entry(stack, api):
     lag = requests.get(f"{api}/readyz", timeout=10).json()["lag"]
     assert lag["writer"] == {"seconds": 0.0, "entries": 0}
     assert lag["replica"] == {"seconds": 0.0, "entries": 0}
+
+
+def test_a_task_whose_message_was_lost_is_sent_again_and_succeeds(stack, api):
+    stack.stop("embed")
+    (task_id,) = post_many(api, "lost", 1)
+    client = stack.redis.control_client()
+    for step in PRIORITY_STEPS:  # the message gone, as when a worker dies right after BRPOP
+        client.delete(queue_name(step))
+    stack.start_worker()
+    record = wait_task(api, task_id, timeout=90)
+    assert record["state"] == "succeeded"
+    assert "its message is gone: sent again" in stack.log("writer")
