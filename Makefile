@@ -52,6 +52,8 @@ bench: install
 	$(BIN)/python bench/importer.py
 	$(BIN)/python bench/gallery.py
 	$(BIN)/python bench/durability.py
+	$(BIN)/python bench/http_load.py
+	$(BIN)/python bench/scale.py --dims 0 256
 	$(BIN)/python bench/faults.py --out docs/reliability.md
 
 # The README's pictures, from a real `lookalike up --demo 300` and `lookalike evaluate --html`.

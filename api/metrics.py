@@ -93,7 +93,9 @@ class PipelineCollector(Collector):
     def _journal(self, client: Any) -> Iterator[Any]:
         """Journal length, and how far the writer and this replica are behind it."""
         yield GaugeMetricFamily(
-            "lookalike_journal_entries", "Entries in the index journal", client.xlen(keys.JOURNAL)
+            "lookalike_journal_entries",
+            "Entries in the index journal",
+            client.xlen(self.services.replica.gen.journal),
         )
         lags = self.services.lags()
         for name in ("writer", "replica"):
@@ -109,9 +111,9 @@ class PipelineCollector(Collector):
                 )  # fmt: skip
         yield GaugeMetricFamily(
             "lookalike_indexed_products", "Products Redis says are indexed (compare index_items)",
-            client.scard(keys.INDEXED),
+            client.scard(self.services.replica.gen.indexed),
         )  # fmt: skip
         yield GaugeMetricFamily(
             "lookalike_lost_products", "Products whose vectors were lost, not re-imported yet",
-            client.scard(keys.LOST),
+            client.scard(self.services.replica.gen.lost),
         )  # fmt: skip

@@ -79,6 +79,24 @@ WHY = {
 LOADING = ", or this process's index is still loading (index_loading)"
 OVERLOADED = ", or the embed queue or Redis' memory is full (overloaded)"
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+STRING = {"schema": {"type": "string"}}
+REVALIDATE = {
+    "ETag": {
+        "description": "a weak tag of this process's index state (generation, journal "
+        "position, model id) and of the request (product, k, filters): any change to the index "
+        "changes it; replicas at the same journal position give the same tag",
+        **STRING,
+    },
+    "Cache-Control": {"description": "no-cache: keep the answer, but revalidate it", **STRING},
+}
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "ETags of answers the client holds (compared weakly; a list, or *): "
+    "when one is current, the answer is a 304 with no body and no search runs",
+    **STRING,
+}
 
 
 def errors(*statuses: int, unavailable: str = "") -> dict[str, Any]:
@@ -134,10 +152,15 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "The k most similar products, from this process's index replica",
             "description": f"{FILTERS} While Redis is away, a product the replica holds is still "
-            "answered.",
-            "parameters": parameters(NeighboursQuery, "query"),
+            "answered. Answers carry an ETag and Cache-Control: no-cache; a request whose "
+            "If-None-Match holds the current ETag gets a 304 without a search.",
+            "parameters": [*parameters(NeighboursQuery, "query"), IF_NONE_MATCH],
             "responses": {
-                "200": json_body(ref("Results"), "neighbours"),
+                "200": {**json_body(ref("Results"), "neighbours"), "headers": REVALIDATE},
+                "304": {
+                    "description": "not modified: If-None-Match holds the current ETag",
+                    "headers": REVALIDATE,
+                },
                 **errors(400, 404, 409, 503, unavailable=LOADING),
             },
         },
@@ -172,6 +195,13 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "A task's state, and its result or error",
             "responses": {"200": json_body(ref("Task"), "the task"), **errors(404, 503)},
+        },
+    },
+    "/api/v1/index": {
+        "get": {
+            "summary": "The generation this process serves: model id, items, journal position, "
+            "writer lag; and every generation of the index",
+            "responses": {"200": json_body({"type": "object"}, "the index"), **errors(503)},
         },
     },
     "/api/v1/openapi.json": {

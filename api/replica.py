@@ -8,9 +8,11 @@ import time
 
 import redis
 
+from shared import keys
 from shared.catalog import Catalog
-from shared.follower import read_after, trimmed_past
+from shared.follower import catch_up, read_after, trimmed_past
 from shared.journal import position_key
+from shared.keys import MAIN, Generation
 from shared.settings import Settings
 from shared.snapshots import open_store
 
@@ -18,13 +20,20 @@ log = logging.getLogger(__name__)
 
 
 class Replica:
-    """Keeps `catalog` current in a background thread; `catalog` is swapped on reloads."""
+    """Keeps `catalog` current in a background thread; `catalog` is swapped on reloads.
+
+    It serves the generation Redis names (keys.SERVING); when `lookalike promote` names another,
+    it loads that one beside the one it serves and then swaps them, so a request sees one or the
+    other, never a mix. The one it served stays as `previous` for searches embedded with its model.
+    """
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.client = client
+        self.gen = MAIN
         self.store = open_store(settings)
         self.catalog = Catalog(settings)
+        self.previous: Catalog | None = None
         self.loaded = threading.Event()
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -51,13 +60,33 @@ class Replica:
         if not self.loaded.is_set():
             self._reload()
         while not self._stop.is_set():
+            serving = self.serving()
+            if serving != self.gen:
+                self._switch(serving)
             catalog = self.catalog
             before = catalog.position
-            entries = read_after(self.client, before, block_ms=500)
-            if trimmed_past(self.client, before) and self._reload_helps(before):
+            entries = read_after(self.client, before, block_ms=500, gen=self.gen)
+            if trimmed_past(self.client, before, self.gen) and self._reload_helps(before):
                 continue  # what we missed was in a newer snapshot, now loaded
             catalog.apply(entries)
             self.last_error = None
+
+    def serving(self) -> Generation:
+        """The generation Redis says API replicas serve."""
+        raw = self.client.get(keys.SERVING)
+        return Generation(raw.decode()) if isinstance(raw, bytes) else MAIN
+
+    def _switch(self, gen: Generation) -> None:
+        """Load gen whole (snapshot, then the journal to its head), then serve it."""
+        started = time.perf_counter()
+        store = open_store(self.settings, gen)
+        fresh, _ = Catalog.restore(self.settings, store)
+        catch_up(self.client, fresh, gen)
+        self.previous, self.store, self.gen, self.catalog = self.catalog, store, gen, fresh
+        log.info(
+            "replica now serves generation %s: %d items at %s, loaded in %.2fs",
+            gen.label, len(fresh), fresh.position, time.perf_counter() - started,
+        )  # fmt: skip
 
     def _reload_helps(self, before: str) -> bool:
         fresh, _ = Catalog.restore(self.settings, self.store)
@@ -73,6 +102,8 @@ class Replica:
 
     def _reload(self) -> None:
         started = time.perf_counter()
+        self.gen = self.serving()
+        self.store = open_store(self.settings, self.gen)
         self.catalog, _ = Catalog.restore(self.settings, self.store)
         self.loaded.set()
         log.info(

@@ -20,9 +20,10 @@ from api.errors import INDEX_LOADING, IndexLoading, NotFound, NotIndexed, Overlo
 from api.replica import Replica
 from shared import keys
 from shared.errors import LookalikeError, ModelMismatch
-from shared.follower import lag_seconds
+from shared.follower import lag_seconds, read_after, trimmed_past
 from shared.journal import START, delete_entry
 from shared.journal import append as journal_append
+from shared.keys import MAIN, Generation
 from shared.model_id import RANDOM_MODEL_NOTICE, is_random_model
 from shared.queue import (
     BULK_PRIORITY,
@@ -39,6 +40,8 @@ POLL_SECONDS = 0.05
 MEMORY_EVERY = 1.0  # seconds between two reads of Redis' INFO memory
 # Part of every /similar ETag: bump it when that answer's body changes, so old tags never match.
 SIMILAR_ETAG_FORMAT = "similar/1"
+NEAR_DUPLICATES_MAX = 50  # near duplicates an index task's result lists, at most
+NEAR_DUPLICATES_WINDOW = 16  # journal entries past the replica's position it looks through
 
 
 def current_services() -> Services:
@@ -56,7 +59,6 @@ class Services:
         self.settings = settings
         self.redis = connect(settings.redis_url)
         self.tasks = TaskStore(self.redis, settings.task_ttl, settings.search_ttl)
-        self.products = ProductStore(self.redis)
         self.celery: Celery = make_celery(settings, settings.redis_url)
         self.replica = Replica(settings, self.redis).start()
         # Searches waiting for their vector hold a gunicorn thread each: only this many may.
@@ -64,33 +66,53 @@ class Services:
         self._memory_lock = threading.Lock()
         self._memory: tuple[float, int, int] | None = None
 
-    def accept_product(self, product_id: str, image: bytes, metadata: dict[str, Any]) -> str:
-        """Store the upload and its task record, then queue it; returns the task id."""
-        record = TaskRecord(
-            task_id=uuid.uuid4().hex,
-            kind="index",
-            product_id=product_id,
-            options={"metadata": metadata},
-        )
-        pipe = self._stage_upload(record, image)
-        self.products.stage(pipe, product_id, record.task_id, metadata)
-        pipe.execute()
-        self._enqueue(record, BULK_PRIORITY)
-        return record.task_id
+    @property
+    def products(self) -> ProductStore:
+        """Product records as the generation this process serves sees them."""
+        return ProductStore(self.redis, self.replica.gen)
 
-    def _stage_upload(self, record: TaskRecord, image: bytes) -> Any:
-        """A transaction holding the image (with its TTL) and the queued task record."""
+    def generations(self) -> list[Generation]:
+        """Every generation of the index: the one serving first; new posts reach them all."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(keys.SERVING)
+        pipe.smembers(keys.GENERATIONS)
+        serving_raw, names = pipe.execute()
+        serving = Generation(serving_raw.decode()) if serving_raw else MAIN
+        others = sorted({raw.decode() for raw in names} - {serving.name})
+        return [serving, *map(Generation, others)]
+
+    def accept_product(self, product_id: str, image: bytes, metadata: dict[str, Any]) -> str:
+        """Store the upload and its task records (one per generation), then queue them;
+        returns the serving generation's task, the one clients follow."""
+        records = {
+            gen: TaskRecord(
+                task_id=uuid.uuid4().hex,
+                kind="index",
+                product_id=product_id,
+                options={"metadata": metadata, "generation": gen.name},
+            )
+            for gen in self.generations()
+        }
+        pipe = self.redis.pipeline()
+        for record in records.values():
+            self._stage_upload(pipe, record, image)
+        ProductStore.stage(pipe, product_id, {g: r.task_id for g, r in records.items()}, metadata)
+        pipe.execute()
+        for gen, record in records.items():
+            self._enqueue(record, BULK_PRIORITY, gen)
+        return next(iter(records.values())).task_id
+
+    def _stage_upload(self, pipe: Any, record: TaskRecord, image: bytes) -> None:
+        """The image (with its TTL) and the queued task record, on the transaction pipe."""
         ttl = self.settings.upload_ttl
         if record.kind == "search":  # nothing of a search outlives its vector
             ttl = min(ttl, self.settings.search_ttl)
-        pipe = self.redis.pipeline()
         pipe.set(keys.upload(record.task_id), image, ex=ttl)
         self.tasks.save(record, pipe)
-        return pipe
 
-    def _enqueue(self, record: TaskRecord, priority: int) -> None:
+    def _enqueue(self, record: TaskRecord, priority: int, gen: Generation) -> None:
         try:
-            send_embed(self.celery, record.task_id, priority)
+            send_embed(self.celery, record.task_id, priority, gen.queue)
         except Exception as exc:
             error = failure("enqueue_failed", str(exc))
             self.tasks.update(record, TaskState.FAILED, error=error)
@@ -117,7 +139,7 @@ class Services:
         """Messages waiting in the embed queue, over all its priority lists."""
         pipe = self.redis.pipeline(transaction=False)
         for step in PRIORITY_STEPS:
-            pipe.llen(queue_name(step))
+            pipe.llen(queue_name(step, self.replica.gen.queue))
         return sum(int(length) for length in pipe.execute())
 
     def redis_memory(self) -> tuple[int, int]:
@@ -167,16 +189,17 @@ class Services:
         """The ETag (opaque part) of /similar's answer now, and whether if_none_match holds it
         (weak comparison, or `*`): then the answer is a 304, without a search.
 
-        The tag digests the replica's index state, its journal position and model id, with the
-        request normalised (k, filters sorted): every journal entry applied and every reload
-        moves the position, so it changes the tag, and replicas at one position agree. Read
-        before the search, so no answer is older than its tag. A 304 only where a 200 would
-        be: the errors are those of `similar` (index loading, unknown, not indexed).
+        The tag digests the replica's index state, its generation, journal position and model
+        id, with the request normalised (k, filters sorted): every journal entry applied, every
+        reload and every switch of generation changes it, and replicas at one position agree.
+        Read before the search, so no answer is older than its tag. A 304 only where a 200
+        would be: the errors are those of `similar` (index loading, unknown, not indexed).
         """
         self.require_index()
-        catalog = self.replica.catalog
+        gen, catalog = self.replica.gen, self.replica.catalog
         request = [product_id, k, sorted(filters.items())]
-        state = [SIMILAR_ETAG_FORMAT, catalog.position, catalog.model_id, request]
+        index = [gen.name, catalog.position, catalog.model_id]
+        state = [SIMILAR_ETAG_FORMAT, index, request]
         tag = hashlib.blake2b(json.dumps(state).encode(), digest_size=16).hexdigest()
         if not if_none_match.contains_weak(tag):
             return tag, False
@@ -195,8 +218,10 @@ class Services:
                     if not pipe.exists(product_key):
                         raise NotFound(f"unknown product {product_id}")
                     pipe.multi()
-                    journal_append(self.redis, pipe, delete_entry(product_id))
-                    self.products.remove(pipe, product_id)
+                    gens = self.generations()
+                    for gen in gens:
+                        journal_append(self.redis, pipe, delete_entry(product_id), gen)
+                    ProductStore.remove(pipe, product_id, gens)
                     pipe.execute()
                     return
                 except redis.WatchError:
@@ -211,11 +236,13 @@ class Services:
 
     def start_search(self, image: bytes, k: int, filters: dict[str, str]) -> TaskRecord:
         self.require_index()
-        record = TaskRecord(
-            task_id=uuid.uuid4().hex, kind="search", options={"k": k, "filters": filters}
-        )
-        self._stage_upload(record, image).execute()
-        self._enqueue(record, SEARCH_PRIORITY)
+        gen = self.replica.gen
+        options = {"k": k, "filters": filters, "generation": gen.name}
+        record = TaskRecord(task_id=uuid.uuid4().hex, kind="search", options=options)
+        pipe = self.redis.pipeline()
+        self._stage_upload(pipe, record, image)
+        pipe.execute()
+        self._enqueue(record, SEARCH_PRIORITY, gen)
         return record
 
     def wait_for(self, task_id: str, seconds: float) -> TaskRecord:
@@ -250,6 +277,9 @@ class Services:
             raise NotFound(f"the vector of search task {record.task_id} has expired")
         catalog = self.replica.catalog
         model = (record.result or {}).get("model_id")
+        previous = self.replica.previous
+        if model != catalog.model_id and previous is not None and model == previous.model_id:
+            catalog = previous  # embedded before this replica moved to another generation
         if catalog.model_id is not None and model != catalog.model_id:
             raise ModelMismatch(
                 f"the search image was embedded with model {model}, "
@@ -259,14 +289,54 @@ class Services:
         return catalog.search(vector, record.options["k"], record.options.get("filters", {}))
 
     def public_task(self, record: TaskRecord) -> dict[str, Any]:
-        """The task record as clients see it; a finished search carries its results."""
+        """The task record as clients see it; a finished search carries its results, a
+        succeeded index task the products its image nearly duplicates (once this replica holds
+        its vector: omitted until then)."""
         view = record.public()
         if record.kind == "search" and record.state == TaskState.SUCCEEDED:
             try:
                 view["result"] = {**view.get("result", {}), "results": self.search_results(record)}
             except LookalikeError as exc:
                 view["result"] = {"error": {"code": exc.code, "message": exc.message}}
+        elif record.kind == "index" and record.state == TaskState.SUCCEEDED:
+            duplicates = self._near_duplicates(record)
+            if duplicates is not None:
+                view["result"] = {**view.get("result", {}), "near_duplicates": duplicates}
         return view
+
+    def _near_duplicates(self, record: TaskRecord) -> list[dict[str, Any]] | None:
+        """Other products at or above the near-duplicate threshold to a succeeded index task's
+        vector, best first (at most NEAR_DUPLICATES_MAX), from this process's replica. None
+        while the replica may lack that vector: the journal after its position still changes
+        the product (or holds NEAR_DUPLICATES_WINDOW entries or more, or was trimmed past it),
+        or the product has since another image, or the task is of another generation."""
+        product_id, gen, catalog = str(record.product_id), self.replica.gen, self.replica.catalog
+        if record.options.get("generation", "") != gen.name or self.replica.gen != gen:
+            return None
+        position = catalog.position
+        try:
+            later = read_after(self.redis, position, NEAR_DUPLICATES_WINDOW, None, gen)
+            if (
+                len(later) >= NEAR_DUPLICATES_WINDOW
+                or any(entry.product_id == product_id for entry in later)
+                or trimmed_past(self.redis, position, gen)
+            ):
+                return None
+            product = self.products.get(product_id)
+        except redis.RedisError:
+            return None
+        if product is None or product["image_sha256"] != (record.result or {}).get("image_sha256"):
+            return None
+        try:
+            hits = catalog.similar(product_id, NEAR_DUPLICATES_MAX, {})
+        except KeyError:  # deleted since
+            return None
+        threshold = self.settings.near_duplicate_threshold
+        return [  # a cosine is at most 1: float error in the index's distances is cut off
+            {"product_id": hit["product_id"], "score": min(hit["score"], 1.0)}
+            for hit in hits
+            if hit["score"] >= threshold
+        ]
 
     def readiness(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}
@@ -299,10 +369,11 @@ class Services:
     def lags(self) -> dict[str, dict[str, float | int | None]]:
         """How far the writer and this replica are behind the journal's head: the age of the
         oldest entry each has not applied, and how many entries (None: not numbered yet)."""
+        gen = self.replica.gen
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(keys.WRITER_POSITION)
-        pipe.get(keys.WRITER_SEQ)
-        pipe.get(keys.JOURNAL_SEQ)
+        pipe.get(gen.writer_position)
+        pipe.get(gen.writer_seq)
+        pipe.get(gen.journal_seq)
         writer, writer_seq, head = pipe.execute()
         catalog = self.replica.catalog
         behind = [
@@ -312,7 +383,7 @@ class Services:
         head_seq = _int(head) or 0
         return {
             name: {
-                "seconds": round(lag_seconds(self.redis, position), 3),
+                "seconds": round(lag_seconds(self.redis, position, gen), 3),
                 "entries": None if seq is None else max(head_seq - seq, 0),
             }
             for name, position, seq in behind
@@ -321,20 +392,54 @@ class Services:
     def index_counts(self) -> dict[str, int | None]:
         """The replica's items and Redis' indexed products; `indexed` None unless the replica
         is exactly at the journal's head (then the two must be equal)."""
-        catalog = self.replica.catalog
+        gen, catalog = self.replica.gen, self.replica.catalog
         position, items = catalog.position, len(catalog)
         with self.redis.pipeline() as pipe:  # one transaction: head and count agree
-            pipe.xrevrange(keys.JOURNAL, count=1)
-            pipe.scard(keys.INDEXED)
+            pipe.xrevrange(gen.journal, count=1)
+            pipe.scard(gen.indexed)
             head, indexed = pipe.execute()
         at_head = (head[0][0].decode() if head else START) == position
         steady = at_head and catalog.position == position and self.replica.loaded.is_set()
         return {"items": items, "indexed": int(indexed) if steady else None}
 
+    def index_status(self) -> dict[str, Any]:
+        """The generation this process serves, and every generation of the index."""
+        self.require_index()
+        catalog, gen = self.replica.catalog, self.replica.gen
+        previous = self.redis.get(keys.PREVIOUS)
+        pipe = self.redis.pipeline(transaction=False)
+        gens = self.generations()
+        for other in gens:
+            pipe.get(other.index_model)
+            pipe.scard(other.indexed)
+        replies = pipe.execute()
+        listing = [
+            {
+                "generation": other.name,
+                "label": other.label,
+                "role": "serving" if n == 0 else "previous" if previous == other.name.encode()
+                else "building",
+                "model_id": model.decode() if model else None,
+                "indexed": int(indexed),
+            }
+            for n, (other, model, indexed) in enumerate(
+                zip(gens, replies[::2], replies[1::2], strict=True)
+            )
+        ]  # fmt: skip
+        return {
+            "generation": gen.name,
+            "label": gen.label,
+            "model_id": catalog.model_id,
+            "items": len(catalog),
+            "journal_position": catalog.position,
+            "lag": self.lags(),
+            "generations": listing,
+        }
+
     def index_model(self) -> dict[str, str | None]:
         """The index's model id and, for the demo's random weights, a notice that says so."""
         try:
-            raw = self.redis.get(keys.INDEX_MODEL)
+            raw = self.redis.get(self.replica.gen.index_model)
         except redis.RedisError:
             raw = None
         model = raw.decode() if isinstance(raw, bytes) else self.replica.catalog.model_id

@@ -80,8 +80,15 @@ def get_product(product_id: str) -> Any:
 def get_similar(product_id: str) -> Any:
     k = validation.k(request.args.get("k"))
     filters = validation.filters(request.args, ("k",), "query parameter")
-    _, results = services().similar(product_id, k, filters)
-    return jsonify(product_id=product_id, k=k, filters=filters, results=results)
+    etag, unchanged = services().similar_etag(product_id, k, filters, request.if_none_match)
+    if unchanged:  # the client holds this answer already: 304, no search, no body
+        response = Response(status=304)
+    else:
+        _, results = services().similar(product_id, k, filters)
+        response = jsonify(product_id=product_id, k=k, filters=filters, results=results)
+    response.set_etag(etag, weak=True)  # weak: replicas' HNSW graphs may differ at the margin
+    response.headers["Cache-Control"] = "no-cache"  # clients may keep it, but revalidate
+    return response
 
 
 @v1.delete("/products/<product_id>")
@@ -116,3 +123,8 @@ def post_search() -> Any:
 @v1.get("/tasks/<task_id>")
 def get_task(task_id: str) -> Any:
     return jsonify(services().public_task(services().task(task_id)))
+
+
+@v1.get("/index")
+def get_index() -> Any:
+    return jsonify(services().index_status())

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -17,6 +18,8 @@ from cli.styles import StyleRow, check_header, count_rows, read_styles
 from shared.records import FINISHED, TaskState
 
 FOLLOW_WINDOW = 64  # unfinished tasks checked per round while following (they finish in order)
+NEAR_DUPLICATE_WAIT = 10.0  # seconds to wait for the API's replica to apply the last vectors
+NEAR_DUPLICATES_LISTED = 5  # near duplicates named per warning line
 
 
 @dataclass
@@ -26,6 +29,9 @@ class ImportReport:
     failed: dict[str, str] = field(default_factory=dict)  # product id -> reason
     missing_images: list[str] = field(default_factory=list)
     elapsed: float = 0.0
+    # product id -> other products at or above the near-duplicate threshold, as the task said
+    near_duplicates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    unchecked: list[str] = field(default_factory=list)  # no near-duplicate answer in time
 
     @property
     def rate(self) -> float:
@@ -43,6 +49,20 @@ class ImportReport:
             lines.append("rows without an image file: " + ", ".join(self.missing_images))
         for product_id, reason in sorted(self.failed.items()):
             lines.append(f"failed {product_id}: {reason}")
+        for product_id, others in sorted(self.near_duplicates.items()):
+            if others:
+                listed = ", ".join(
+                    f"{other['product_id']} ({other['score']:.3f})"
+                    for other in others[:NEAR_DUPLICATES_LISTED]
+                )
+                if len(others) > NEAR_DUPLICATES_LISTED:
+                    listed += f" and {len(others) - NEAR_DUPLICATES_LISTED} more"
+                lines.append(f"warning: {product_id} is a near duplicate of {listed}")
+        if self.unchecked:
+            lines.append(
+                f"near duplicates not checked for {len(self.unchecked)} items: the API had "
+                "not applied their vectors yet"
+            )
         return "\n".join(lines)
 
 
@@ -57,7 +77,8 @@ class CatalogImporter:
         started = time.monotonic()
         report = ImportReport()
         pending = self._upload_phase(dataset, report, progress)
-        self._follow(pending, report, progress)
+        unchecked = self._follow(pending, report, progress)
+        self._near_duplicates(unchecked, report)
         report.elapsed = time.monotonic() - started
         return report
 
@@ -116,26 +137,70 @@ class CatalogImporter:
         except ApiError as exc:
             return f"{exc.code}: {exc.message}"
 
-    def _follow(self, pending: dict[str, str], report: ImportReport, progress: bool) -> None:
-        """Poll tasks, oldest first, until every one has succeeded or failed."""
+    def _follow(
+        self, pending: dict[str, str], report: ImportReport, progress: bool
+    ) -> dict[str, str]:
+        """Poll tasks, oldest first, until every one has succeeded or failed; returns those
+        that succeeded without a near-duplicate answer yet (task id -> product id)."""
         queue = deque(pending.items())
+        unchecked: dict[str, str] = {}
         with tqdm(total=len(queue), unit="img", desc="index", disable=not progress) as bar:
             while queue:
                 window = [queue.popleft() for _ in range(min(FOLLOW_WINDOW, len(queue)))]
-                unfinished = [item for item in window if not self._finished(*item, report)]
+                unfinished = [
+                    item for item in window if not self._finished(*item, report, unchecked)
+                ]
                 queue.extendleft(reversed(unfinished))
                 bar.update(len(window) - len(unfinished))
                 if len(unfinished) == len(window):
                     time.sleep(0.5)
+        return unchecked
 
-    def _finished(self, task_id: str, product_id: str, report: ImportReport) -> bool:
+    def _finished(
+        self, task_id: str, product_id: str, report: ImportReport, unchecked: dict[str, str]
+    ) -> bool:
         task = self.client.get(f"/api/v1/tasks/{task_id}")
         if task["state"] == TaskState.SUCCEEDED:
             report.imported += 1
+            if not _near_duplicates_of(task, product_id, report):
+                unchecked[task_id] = product_id
         elif task["state"] == TaskState.FAILED:
             error = task["error"]
             report.failed[product_id] = f"{error['code']}: {error['message']}"
         return task["state"] in FINISHED
+
+    def _near_duplicates(self, unchecked: dict[str, str], report: ImportReport) -> None:
+        """Ask again for the near duplicates of tasks that succeeded before the API's replica
+        had their vectors, for up to NEAR_DUPLICATE_WAIT seconds."""
+        deadline = time.monotonic() + NEAR_DUPLICATE_WAIT
+
+        def task(task_id: str) -> dict[str, Any]:
+            try:
+                return dict(self.client.get(f"/api/v1/tasks/{task_id}"))
+            except ApiError:  # expired: nothing more to learn
+                return {}
+
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="check") as pool:
+            while unchecked:
+                asked = list(unchecked.items())
+                for (task_id, product_id), found in zip(
+                    asked, pool.map(task, [task_id for task_id, _ in asked]), strict=True
+                ):
+                    if not found or _near_duplicates_of(found, product_id, report):
+                        del unchecked[task_id]
+                if not unchecked or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        report.unchecked = sorted(unchecked.values())
+
+
+def _near_duplicates_of(task: dict[str, Any], product_id: str, report: ImportReport) -> bool:
+    """Record what a succeeded task says of near duplicates; False when it says nothing yet."""
+    found = (task.get("result") or {}).get("near_duplicates")
+    if found is None:
+        return False
+    report.near_duplicates[product_id] = found
+    return True
 
 
 def _collect(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cli import generations
 from cli.client import ApiClient
 from shared.errors import LookalikeError
 from shared.settings import get_settings
@@ -128,6 +129,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.sample < 0 or args.sheet < 0:
         print("error: --sample and --sheet take 0 or more", file=sys.stderr)
         return 2
+    if args.hygiene:
+        return evaluate_hygiene(args)
     client = api_client(args)
     progress = not args.quiet
     report = evaluate(client, args.k, args.by, args.concurrency, progress, args.sample, args.seed)
@@ -138,6 +141,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_html(report, client, args.html, args.sheet, args.seed)
         print(f"wrote {args.html}")
     return 0
+
+
+def evaluate_hygiene(args: argparse.Namespace) -> int:
+    """`evaluate --hygiene`: near duplicates, likely mis-categorised items, shared images."""
+    from cli.hygiene import DEFAULT_K, check_hygiene, write_hygiene_html
+
+    threshold = args.threshold
+    if threshold is None:
+        threshold = get_settings().near_duplicate_threshold
+    if not 0 < threshold <= 1:
+        print("error: --threshold takes a cosine above 0 and at most 1", file=sys.stderr)
+        return 2
+    if args.placeholder_min < 2:
+        print("error: --placeholder-min takes 2 or more", file=sys.stderr)
+        return 2
+    k = args.k if "k" in args.given else DEFAULT_K
+    sample = args.sample if "sample" in args.given else 0  # every item unless limited
+    client = api_client(args)
+    report = check_hygiene(
+        client, k, threshold, args.placeholder_min, args.concurrency, not args.quiet, sample,
+        args.seed,
+    )  # fmt: skip
+    print(report.table())
+    if args.html:
+        write_hygiene_html(report, client, args.html, args.sheet)
+        print(f"wrote {args.html}")
+    return 0
+
+
+class Given(argparse.Action):
+    """Store the value and note that the option was given (`args.given`): some defaults of
+    `evaluate` depend on --hygiene."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
 
 
 def key_value(text: str) -> str:
@@ -214,21 +259,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(handler=cmd_demo_catalog)
 
-    ev = commands.add_parser("evaluate", parents=[client], help="precision@k by label")
+    ev = commands.add_parser(
+        "evaluate", parents=[client], help="precision@k by label, or --hygiene of the catalog"
+    )
     ev.add_argument("--by", default="articleType", help="label to break down by")
-    ev.add_argument("-k", type=int, default=5)
+    ev.add_argument(
+        "-k", type=int, default=5, action=Given,
+        help="neighbours per query (default 5; with --hygiene 10)",
+    )  # fmt: skip
     ev.add_argument("--concurrency", type=int, default=8)
     ev.add_argument(
-        "--sample", type=int, default=1000, metavar="N",
-        help="queries drawn at random (default 1000; 0: every indexed item)",
+        "--sample", type=int, default=1000, metavar="N", action=Given,
+        help="queries drawn at random (default 1000, with --hygiene 0; 0: every indexed item)",
     )  # fmt: skip
     ev.add_argument("--seed", type=int, default=0, help="of the samples (default 0)")
     ev.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML report")
     ev.add_argument(
         "--sheet", type=int, default=8, metavar="N",
-        help="queries per sheet of the HTML report (worst, random; default 8)",
+        help="queries per sheet of the HTML report (worst, random; with --hygiene, "
+        "mis-categorised items per label; default 8)",
     )  # fmt: skip
-    ev.set_defaults(handler=cmd_evaluate)
+    ev.add_argument(
+        "--hygiene", action="store_true",
+        help="report near-duplicate listings, likely mis-categorised items and shared or "
+        "placeholder images instead of precision",
+    )  # fmt: skip
+    ev.add_argument(
+        "--threshold", type=float, default=None, metavar="COSINE",
+        help="with --hygiene: the cosine from which two products are near duplicates "
+        "(default LOOKALIKE_NEAR_DUPLICATE_THRESHOLD)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--placeholder-min", type=int, default=5, metavar="N",
+        help="with --hygiene: products sharing one image, or near-identical vectors, from "
+        "which it is likely a placeholder (default 5)",
+    )  # fmt: skip
+    ev.set_defaults(handler=cmd_evaluate, given=frozenset())
+    generations.add_commands(commands)
     return parser
 
 

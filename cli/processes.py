@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import sys
 
+from shared.keys import EMBED_QUEUE
+
 API_APP = "api.app:create_app()"
 
 
-def embed_worker(name: str = "embed", python: str = sys.executable) -> list[str]:
-    """A model worker on the embed queue; solo pool: one process holds the model."""
-    argv = [python, "-m", "celery", "-A", "workers.app", "worker", "-Q", "embed", "-P", "solo"]
+def embed_worker(
+    name: str = "embed", python: str = sys.executable, queue: str = EMBED_QUEUE
+) -> list[str]:
+    """A model worker on an embed queue (a generation's); solo pool: one process, one model."""
+    argv = [python, "-m", "celery", "-A", "workers.app", "worker", "-Q", queue, "-P", "solo"]
     return [*argv, "-n", f"{name}@%h", "--loglevel", "INFO"]
 
 

@@ -86,7 +86,7 @@ def render_html(
     worst, sample = report.worst(sheet), sample_queries(report, sheet, seed)
     images = data_uris(thumbnail, shown_ids(report, [*worst, *sample]))
     groups = bars_by_value(report)
-    return _template().render(
+    return template("report.html").render(
         report=report,
         model_id=model.get("model_id") or "unknown",
         notice=model.get("notice"),
@@ -101,7 +101,8 @@ def render_html(
 
 
 @cache
-def _template() -> jinja2.Template:
+def template(name: str) -> jinja2.Template:
+    """A page template of cli/templates (the evaluate report's, the hygiene report's)."""
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("cli", "templates"),
         autoescape=True,
@@ -109,7 +110,7 @@ def _template() -> jinja2.Template:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return environment.get_template("report.html")
+    return environment.get_template(name)
 
 
 def bars_by_label(report: Evaluation) -> list[Bar]:

@@ -26,6 +26,7 @@ from shared.errors import LookalikeError, WeightsUnavailable
 from shared.model_id import IMAGENET_NOTOP_FILE
 from shared.settings import Settings
 
+RANDOM_NEAR_DUPLICATE = 0.9995
 PORT_FILE = "port"
 
 
@@ -111,6 +112,7 @@ def child_env(settings: Settings, redis_url: str) -> dict[str, str]:
         "LOOKALIKE_REDIS_URL": redis_url,
         "LOOKALIKE_DATA_DIR": str(settings.data_dir.resolve()),
         "LOOKALIKE_WEIGHTS": settings.weights,
+        "LOOKALIKE_NEAR_DUPLICATE_THRESHOLD": str(settings.near_duplicate_threshold),
         "PYTHONUNBUFFERED": "1",
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
@@ -171,7 +173,10 @@ def choose_weights(settings: Settings, demo: bool) -> tuple[Settings, str | None
         if not (demo and settings.weights == "imagenet"):
             raise
         reason = exc.message.split(". ", 1)[0]
-    fallback = settings.model_copy(update={"weights": "random"})
+    # A random model's vectors all lie close together (cosines of 0.986 to 0.999 on the demo
+    # catalog): only copies of one image reach this, so they alone are reported as duplicates.
+    update = {"weights": "random", "near_duplicate_threshold": RANDOM_NEAR_DUPLICATE}
+    fallback = settings.model_copy(update=update)
     with _native_stderr_silenced():
         resolve_weights(fallback)
     return fallback, (

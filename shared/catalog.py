@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-from shared.index import VectorIndex, unusable_reason
+from shared.index import Projection, VectorIndex, unusable_reason
 from shared.journal import START, JournalEntry
 from shared.model_id import EMBEDDING_DIM
 from shared.settings import Settings
@@ -36,6 +37,7 @@ class Catalog:
         if index is not None:
             for product_id, meta in index.extra.get("metadata", {}).items():
                 self._set_metadata(product_id, meta)
+            self._check_dims(index)
 
     @classmethod
     def restore(cls, settings: Settings, store: SnapshotStore) -> tuple[Catalog, Loaded]:
@@ -60,6 +62,11 @@ class Catalog:
         The position moves only once the batch is in the index, so a reader that sees the
         position also sees its vectors.
         """
+        if self._fit_pending():
+            return self._apply_until_fit(list(entries))
+        return self._apply_batch(entries)
+
+    def _apply_batch(self, entries: Iterable[JournalEntry]) -> int:
         pending: dict[str, JournalEntry] = {}
         applied = 0
         position, seq = self.position, self.seq
@@ -79,6 +86,101 @@ class Catalog:
         if self.index is not None:
             self.index.journal_position = position
         return applied
+
+    # The reduced-memory mode (settings.index_dims > 0): the index stays full-dimensional until
+    # it first holds fit_items items, then is projected through a PCA fitted on exactly those.
+    # That moment is a journal entry, whatever the batches it is read in, so the writer and
+    # every replica fit on the same vectors; the projection then travels in every snapshot.
+
+    @property
+    def fit_items(self) -> int:
+        """How many items the projection is fitted on (at least its dims)."""
+        return max(self.settings.index_fit_items, self.settings.index_dims)
+
+    def _fit_pending(self) -> bool:
+        if self.settings.index_dims == 0:
+            return False
+        if self.index is None:
+            return True
+        return self.index.projection is None and len(self.index) < self.fit_items
+
+    def _apply_until_fit(self, entries: list[JournalEntry]) -> int:
+        """Apply in journal order until the index holds fit_items items, fit and project it
+        there, then apply the rest as one batch."""
+        batch: dict[str, JournalEntry] = {}
+        new = 0  # ids in batch the index lacks
+        applied = 0
+        for done, entry in enumerate(entries, start=1):
+            if entry.op == "delete":
+                self._flush(batch)
+                batch, new = {}, 0
+                self._delete(entry.product_id)
+                applied += 1
+            elif self._accepts(entry):
+                assert self.index is not None
+                if entry.product_id not in batch and entry.product_id not in self.index:
+                    new += 1
+                batch[entry.product_id] = entry
+                applied += 1
+            if self.index is not None and len(self.index) + new >= self.fit_items:
+                self._flush(batch)
+                self._advance(entries[done - 1])
+                self._fit()
+                return applied + self._apply_batch(entries[done:])
+        self._flush(batch)
+        if entries:
+            self._advance(entries[-1])
+        return applied
+
+    def _flush(self, batch: dict[str, JournalEntry]) -> None:
+        if batch:
+            self._upsert(list(batch.values()))
+
+    def _advance(self, entry: JournalEntry) -> None:
+        self.position = entry.position
+        if entry.seq is not None:
+            self.seq = entry.seq
+        if self.index is not None:
+            self.index.journal_position = self.position
+
+    def _fit(self) -> None:
+        """Fit the projection on every item of the index (sorted by id: the same sample in the
+        same order in every process) and project the index through it."""
+        assert self.index is not None
+        started = time.perf_counter()
+        ids = sorted(self.index.ids())
+        projection = Projection.fit(self.index.get_vectors(ids), self.settings.index_dims)
+        dropped = self.index.project(projection)
+        with self._lock:
+            for product_id in dropped:
+                self._drop_metadata(product_id)
+        if dropped:
+            log.error(
+                "%d items project to zero and were dropped from the index: %s",
+                len(dropped), ", ".join(dropped[:10]),
+            )  # fmt: skip
+        log.info(
+            "index projected to %d dims (PCA on %d items, %.1f%% of their energy) in %.1fs",
+            projection.dims, projection.fitted_on, 100 * projection.explained,
+            time.perf_counter() - started,
+        )  # fmt: skip
+
+    def _check_dims(self, index: VectorIndex) -> None:
+        """Say when the index's space is not the one settings ask for: the index's wins, so
+        that vectors of two spaces never mix; changing it takes a new index."""
+        wanted = self.settings.index_dims
+        if index.projection is not None and index.projection.dims != wanted:
+            log.warning(
+                "the index is projected to %d dims, LOOKALIKE_INDEX_DIMS is %d: the index's "
+                "projection is kept (a new one takes a new index, i.e. a new data directory "
+                "and journal)", index.projection.dims, wanted,
+            )  # fmt: skip
+        elif index.projection is None and wanted and len(index) >= self.fit_items:
+            log.warning(
+                "LOOKALIKE_INDEX_DIMS is %d but the index holds %d full-dimensional items "
+                "already: it stays full-dimensional (the projection is fitted when a new index "
+                "first reaches %d items)", wanted, len(index), self.fit_items,
+            )  # fmt: skip
 
     def _accepts(self, entry: JournalEntry) -> bool:
         if self.index is None:
@@ -100,6 +202,19 @@ class Catalog:
     def _upsert(self, entries: list[JournalEntry]) -> None:
         assert self.index is not None
         vectors = np.stack([entry.vector for entry in entries])  # type: ignore[misc]
+        if self.index.projection is not None:
+            # Checked for the whole batch at once: one product per vector costs far more.
+            bad = self.index.unprojectable(vectors)
+            for row in bad:
+                log.error(
+                    "journal entry %s for %s projects to zero: skipped",
+                    entries[row].position, entries[row].product_id,
+                )  # fmt: skip
+            if bad:
+                keep = sorted(set(range(len(entries))) - set(bad))
+                entries, vectors = [entries[row] for row in keep], vectors[keep]
+                if not entries:
+                    return
         self.index.upsert([entry.product_id for entry in entries], vectors)
         with self._lock:
             for entry in entries:
@@ -157,8 +272,11 @@ class Catalog:
         """The k nearest other products to an indexed one (KeyError when it is not indexed)."""
         if self.index is None or product_id not in self.index:
             raise KeyError(product_id)
-        vector = self.index.get_vector(product_id)
-        return self.search(vector, k, filters, exclude=(product_id,))
+        allow = self.matching(filters)
+        if allow is not None and not allow:
+            return []
+        hits = self.index.query_like(product_id, k, exclude={product_id}, allow=allow)
+        return self._results(hits)
 
     def search(
         self,
@@ -173,6 +291,9 @@ class Catalog:
         if allow is not None and not allow:
             return []
         hits = self.index.query(vector, k, exclude=set(exclude), allow=allow)
+        return self._results(hits)
+
+    def _results(self, hits: list[tuple[str, float]]) -> list[Hit]:
         return [
             {"product_id": hit, "score": round(score, 6), "metadata": self.metadata.get(hit, {})}
             for hit, score in hits

@@ -2,43 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from shared import keys
 from shared.journal import JournalEntry, parse_entry, position_key
+from shared.keys import MAIN, Generation
+
+if TYPE_CHECKING:
+    from shared.catalog import Catalog
 
 
 def read_after(
-    client: redis.Redis, position: str, count: int = 1000, block_ms: int | None = 1000
+    client: redis.Redis,
+    position: str,
+    count: int = 1000,
+    block_ms: int | None = 1000,
+    gen: Generation = MAIN,
 ) -> list[JournalEntry]:
     """Entries after position, oldest first; waits up to block_ms for the first one."""
-    reply: Any = client.xread({keys.JOURNAL: position}, count=count, block=block_ms)
+    reply: Any = client.xread({gen.journal: position}, count=count, block=block_ms)
     if not reply:
         return []
     _, raw_entries = reply[0]
     return [parse_entry(entry_id, fields) for entry_id, fields in raw_entries]
 
 
-def trimmed_past(client: redis.Redis, position: str) -> bool:
+def trimmed_past(client: redis.Redis, position: str, gen: Generation = MAIN) -> bool:
     """True when entries after position were trimmed away: only a snapshot has them now.
 
     The writer records the newest entry it trims (XTRIM does not update max-deleted-entry-id).
     """
-    raw = client.get(keys.JOURNAL_TRIMMED)
+    raw = client.get(gen.journal_trimmed)
     return raw is not None and position_key(_decode(raw)) > position_key(position)
 
 
-def trim_before(client: redis.Redis, position: str) -> int:
+def trim_before(client: redis.Redis, position: str, gen: Generation = MAIN) -> int:
     """Trim the journal's entries older than position (never position itself); how many."""
-    reply: Any = client.xrevrange(keys.JOURNAL, max=f"({position}", count=1)
+    reply: Any = client.xrevrange(gen.journal, max=f"({position}", count=1)
     if not reply:
         return 0
     last = _decode(reply[0][0])
     pipe = client.pipeline()
-    pipe.set(keys.JOURNAL_TRIMMED, last)
-    pipe.xtrim(keys.JOURNAL, minid=position, approximate=False)
+    pipe.set(gen.journal_trimmed, last)
+    pipe.xtrim(gen.journal, minid=position, approximate=False)
     return int(pipe.execute()[1])
 
 
@@ -46,14 +53,22 @@ def _decode(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def lag_seconds(client: redis.Redis, position: str) -> float:
+def lag_seconds(client: redis.Redis, position: str, gen: Generation = MAIN) -> float:
     """How long the oldest journal entry after position has waited (0.0: caught up).
 
     Stream ids are the Redis server's milliseconds, so the wait is read on the same clock.
     """
-    reply: Any = client.xrange(keys.JOURNAL, min=f"({position}", count=1)
+    reply: Any = client.xrange(gen.journal, min=f"({position}", count=1)
     if not reply:
         return 0.0
     oldest_ms = position_key(_decode(reply[0][0]))[0]
     seconds, micros = client.time()
     return max(0.0, seconds + micros / 1e6 - oldest_ms / 1000)
+
+
+def catch_up(client: redis.Redis, catalog: Catalog, gen: Generation = MAIN) -> int:
+    """Apply every journal entry after the catalog's position; how many."""
+    applied = 0
+    while entries := read_after(client, catalog.position, 1000, None, gen):
+        applied += catalog.apply(entries)
+    return applied

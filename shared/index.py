@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import threading
@@ -28,7 +29,12 @@ if TYPE_CHECKING:
 
 SPACE = "cosine"
 FORMAT_VERSION = 1
+# Snapshots of a projected index (reduced-memory mode): older code must refuse them, not load
+# a 256-d graph and fail on every 2048-d vector.
+PROJECTED_FORMAT_VERSION = 2
 INDEX_FILE = "hnsw.bin"
+FIT_CHUNK = 4096  # rows of the sample per step of a projection's fit
+FETCH_CHUNK = 1024  # vectors read from hnswlib per step when many are read
 # Allow-lists up to this size (or fraction of the index) are scored exactly: a filtered graph
 # walk must pass through roughly 1/selectivity disallowed nodes per hit, so below this an
 # exact scan is both cheaper and never misses.
@@ -40,8 +46,77 @@ Vectors = npt.NDArray[np.float32]
 Hits = list[tuple[str, float]]
 
 
+@dataclass(frozen=True, eq=False)
+class Projection:
+    """The reduced-memory mode's linear map from input vectors (2048-d) to the index's dims.
+
+    Its rows are the top principal directions of a sample of unit vectors, uncentred: scaling a
+    vector scales its image, so cosine after projection, like cosine before, ignores length, and
+    the dot products of unit vectors (their cosines) are kept as well as any rank-dims map can.
+    """
+
+    components: Vectors  # (dims, input_dim) float32, orthonormal rows, best first
+    fitted_on: int  # how many vectors the sample held
+    explained: float  # share of the sample's energy the dims directions hold
+
+    @property
+    def dims(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.components.shape[1])
+
+    @classmethod
+    def fit(cls, sample: npt.ArrayLike, dims: int) -> Projection:
+        """Fit on sample's rows (normalised first): the same rows in the same order give the
+        same projection, bit for bit, on the same CPU and BLAS."""
+        rows = np.asarray(sample, dtype=np.float32)
+        if rows.ndim != 2 or not 1 <= dims < rows.shape[1] or dims > len(rows):
+            raise DimensionMismatch(f"cannot fit a {dims}-d projection on {rows.shape} vectors")
+        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        top, values = _top_directions(unit, dims)
+        # An eigenvector's sign is arbitrary: fix it (largest entry positive), for stability.
+        top *= np.where(top[np.arange(dims), np.abs(top).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+        total = float(np.einsum("ij,ij->", unit, unit, dtype=np.float64))
+        explained = min(1.0, float(values[:dims].sum()) / total) if total > 0 else 0.0
+        return cls(np.ascontiguousarray(top, dtype=np.float32), len(rows), explained)
+
+    def apply(self, vectors: Vectors) -> Vectors:
+        """(n, input_dim) vectors to (n, dims), C-contiguous float32."""
+        return np.ascontiguousarray(vectors @ self.components.T, dtype=np.float32)
+
+    def manifest(self) -> dict[str, Any]:
+        """The projection as manifest fields: inside the manifest, so that every snapshot store
+        (a directory, S3) carries it with the index file, and every replica uses this one."""
+        raw = np.ascontiguousarray(self.components, dtype="<f4").tobytes()
+        return {
+            "dims": self.dims,
+            "input_dim": self.input_dim,
+            "fitted_on": self.fitted_on,
+            "explained": self.explained,
+            "components": base64.b64encode(raw).decode("ascii"),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+        }
+
+    @classmethod
+    def from_manifest(cls, raw: Any) -> Projection:
+        dims, input_dim = int(raw["dims"]), int(raw["input_dim"])
+        data = base64.b64decode(raw["components"], validate=True)
+        if hashlib.sha256(data).hexdigest() != raw["sha256"]:
+            raise ValueError("projection components do not match their sha256")
+        if len(data) != dims * input_dim * 4 or not 1 <= dims < input_dim:
+            raise ValueError(f"projection holds {len(data)} bytes, not {dims} x {input_dim}")
+        components = np.frombuffer(data, dtype="<f4").reshape(dims, input_dim)
+        return cls(components.astype(np.float32), int(raw["fitted_on"]), float(raw["explained"]))
+
+
 class VectorIndex:
-    """HNSW over vectors keyed by string id; queries run shared, every change runs exclusive."""
+    """HNSW over vectors keyed by string id; queries run shared, every change runs exclusive.
+
+    With a projection (reduced-memory mode), vectors given to upsert and query have the
+    projection's input dimension and are stored and searched projected.
+    """
 
     def __init__(
         self,
@@ -51,17 +126,23 @@ class VectorIndex:
         ef_construction: int = 200,
         ef_search: int = 64,
         capacity: int = 1024,
+        projection: Projection | None = None,
     ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be at least 1, got {dim}")
-        index = hnswlib.Index(space=SPACE, dim=dim)
+        if projection is not None and projection.input_dim != dim:
+            raise DimensionMismatch(
+                f"a projection from {projection.input_dim} dims cannot serve a {dim}-d index"
+            )
+        stored = dim if projection is None else projection.dims
+        index = hnswlib.Index(space=SPACE, dim=stored)
         index.init_index(
             max_elements=max(1, capacity),
             M=m,
             ef_construction=ef_construction,
             allow_replace_deleted=True,
         )
-        self._attach(index, model_id, ef_search, {}, 0, None)
+        self._attach(index, model_id, ef_search, {}, 0, None, projection=projection)
 
     def _attach(
         self,
@@ -72,11 +153,14 @@ class VectorIndex:
         next_label: int,
         journal_position: str | None,
         extra: dict[str, Any] | None = None,
+        projection: Projection | None = None,
     ) -> None:
         """Set up the state around an initialised or loaded hnswlib index."""
         self._index = index
         self.extra: dict[str, Any] = extra or {}  # caller's data saved with the snapshot
-        self.dim: int = index.dim
+        self.projection = projection
+        # The dimension of the vectors callers give; the graph's is stored_dim.
+        self.dim: int = index.dim if projection is None else projection.input_dim
         self.model_id = model_id
         self.journal_position = journal_position
         self._labels = labels
@@ -98,6 +182,11 @@ class VectorIndex:
             ef_construction=settings.hnsw_ef_construction,
             ef_search=settings.hnsw_ef_search,
         )
+
+    @property
+    def stored_dim(self) -> int:
+        """The dimension of the stored vectors: dim, or the projection's dims."""
+        return int(self._index.dim)
 
     @property
     def m(self) -> int:
@@ -142,12 +231,73 @@ class VectorIndex:
             return list(self._labels)
 
     def get_vector(self, id_: str) -> Vectors:
-        """The vector stored for id_, at unit length (the cosine space keeps only direction)."""
+        """The vector stored for id_, at unit length (the cosine space keeps only direction);
+        projected, with a projection."""
         with self._lock.read():
-            label = self._labels.get(id_)
-            if label is None:
-                raise KeyError(id_)
-            return np.asarray(self._index.get_items([label])[0], dtype=np.float32)
+            return self._stored(id_)
+
+    def _stored(self, id_: str) -> Vectors:
+        label = self._labels.get(id_)
+        if label is None:
+            raise KeyError(id_)
+        return np.asarray(self._index.get_items([label])[0], dtype=np.float32)
+
+    def get_vectors(self, ids: Sequence[str]) -> Vectors:
+        """The stored vectors of ids (KeyError for an unknown one), one row each, in order."""
+        with self._lock.read():
+            labels = [self._labels[id_] for id_ in _as_id_list(ids)]
+            out = np.empty((len(labels), self.stored_dim), dtype=np.float32)
+            # In steps: hnswlib's get_items holds about 10x its answer's size while it works.
+            for start in range(0, len(labels), FETCH_CHUNK):
+                out[start : start + FETCH_CHUNK] = self._index.get_items(
+                    labels[start : start + FETCH_CHUNK]
+                )
+            return out
+
+    def project(self, projection: Projection) -> list[str]:
+        """Rebuild this full-dimensional index through projection (reduced-memory mode), keeping
+        every id and label; the ids dropped because their vector projects to zero (none, for
+        vectors like the sample the projection was fitted on). Refused on an index that has a
+        projection already, or for another input dimension: vectors of two spaces never mix in
+        one graph."""
+        if self.projection is not None:
+            raise DimensionMismatch(
+                f"index is projected to {self.projection.dims} dims already: it is fitted once"
+            )
+        if projection.input_dim != self.dim:
+            raise DimensionMismatch(
+                f"a projection from {projection.input_dim} dims cannot serve a {self.dim}-d index"
+            )
+        with self._lock.write():
+            old = self._index
+            index = hnswlib.Index(space=SPACE, dim=projection.dims)
+            index.init_index(
+                max_elements=max(1, len(self._labels), old.max_elements),
+                M=int(old.M),
+                ef_construction=int(old.ef_construction),
+                allow_replace_deleted=True,
+            )
+            index.set_ef(self._ef_search)
+            dropped: list[str] = []
+            labels = sorted(self._ids)
+            for start in range(0, len(labels), FETCH_CHUNK):
+                chunk = np.asarray(labels[start : start + FETCH_CHUNK], dtype=np.uint64)
+                data = projection.apply(np.asarray(old.get_items(chunk), dtype=np.float32))
+                usable = np.isfinite(data).all(axis=1) & data.any(axis=1)
+                for label in chunk[~usable].tolist():
+                    dropped.append(self._ids.pop(label))
+                    del self._labels[dropped[-1]]
+                if usable.any():
+                    index.add_items(data[usable], chunk[usable], num_threads=-1)
+            self._index, self.projection, self._vacant = index, projection, 0
+        return dropped
+
+    def unprojectable(self, vectors: npt.ArrayLike) -> list[int]:
+        """The rows of usable input vectors whose projection is not (zero): none without one."""
+        if self.projection is None:
+            return []
+        data = self.projection.apply(np.asarray(vectors, dtype=np.float32))
+        return np.flatnonzero(~(np.isfinite(data).all(axis=1) & data.any(axis=1))).tolist()
 
     # Changes.
 
@@ -213,6 +363,13 @@ class VectorIndex:
         if bad is not None:
             row, reason = bad
             raise InvalidVector(f"vector for id {ids[row]!r} {reason}")
+        if self.projection is None:
+            return data
+        data = self.projection.apply(data)
+        bad = _first_unusable(data)
+        if bad is not None:
+            row, reason = bad
+            raise InvalidVector(f"vector for id {ids[row]!r} {reason} after the projection")
         return data
 
     # Queries.
@@ -232,10 +389,33 @@ class VectorIndex:
             raise ValueError(f"k must be at least 1, got {k}")
         query = self._check_query(vector)
         with self._lock.read():
-            skip = self._labels_of(exclude or ())
-            if allow is not None:
-                return self._query_allowed(query, k, self._labels_of(allow) - skip)
-            return self._query_graph(query, k, skip)
+            return self._search(query, k, exclude, allow)
+
+    def query_like(
+        self,
+        id_: str,
+        k: int,
+        exclude: Collection[str] | None = None,
+        allow: Collection[str] | None = None,
+    ) -> Hits:
+        """As query, for the vector stored for id_ (KeyError when it is not indexed)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        with self._lock.read():
+            return self._search(self._stored(id_), k, exclude, allow)
+
+    def _search(
+        self,
+        query: Vectors,
+        k: int,
+        exclude: Collection[str] | None,
+        allow: Collection[str] | None,
+    ) -> Hits:
+        """A query already in the stored space; the caller holds the lock shared."""
+        skip = self._labels_of(exclude or ())
+        if allow is not None:
+            return self._query_allowed(query, k, self._labels_of(allow) - skip)
+        return self._query_graph(query, k, skip)
 
     def _check_query(self, vector: npt.ArrayLike) -> Vectors:
         query = np.ascontiguousarray(vector, dtype=np.float32)
@@ -246,6 +426,12 @@ class VectorIndex:
         bad = _first_unusable(query[np.newaxis, :])
         if bad is not None:
             raise InvalidVector(f"query vector {bad[1]}")
+        if self.projection is None:
+            return query
+        query = self.projection.apply(query[np.newaxis, :])[0]
+        bad = _first_unusable(query[np.newaxis, :])
+        if bad is not None:
+            raise InvalidVector(f"query vector {bad[1]} after the projection")
         return query
 
     def _labels_of(self, ids: Iterable[str]) -> set[int]:
@@ -334,10 +520,11 @@ class VectorIndex:
         return manifest
 
     def _manifest(self, journal_position: str | None) -> dict[str, Any]:
-        return {
-            "format": FORMAT_VERSION,
+        projected = self.projection is not None
+        manifest = {
+            "format": PROJECTED_FORMAT_VERSION if projected else FORMAT_VERSION,
             "model_id": self.model_id,
-            "dim": self.dim,
+            "dim": self.stored_dim,
             "count": len(self._labels),
             "space": SPACE,
             "M": self.m,
@@ -348,6 +535,9 @@ class VectorIndex:
             "journal_position": journal_position,
             "created_at": datetime.now(UTC).isoformat(),
         }
+        if self.projection is not None:
+            manifest["projection"] = self.projection.manifest()
+        return manifest
 
     @classmethod
     def load(
@@ -386,6 +576,7 @@ class VectorIndex:
             parsed.next_label,
             parsed.journal_position,
             parsed.extra,
+            projection=parsed.projection,
         )
         return opened
 
@@ -404,10 +595,16 @@ class _Manifest:
     index_bytes: int
     index_sha256: str
     extra: dict[str, Any]
+    projection: Projection | None
 
 
 def _parse_manifest(raw: Any) -> _Manifest:
-    if raw["format"] != FORMAT_VERSION:
+    projection = None
+    if raw["format"] == PROJECTED_FORMAT_VERSION:
+        projection = Projection.from_manifest(raw["projection"])
+        if projection.dims != int(raw["dim"]):
+            raise ValueError(f"projection to {projection.dims} dims for an index of {raw['dim']}")
+    elif raw["format"] != FORMAT_VERSION:
         raise ValueError(f"format {raw['format']} is not supported (expected {FORMAT_VERSION})")
     if raw["space"] != SPACE:
         raise ValueError(f"space {raw['space']!r} is not {SPACE!r}")
@@ -429,7 +626,29 @@ def _parse_manifest(raw: Any) -> _Manifest:
         index_bytes=int(raw["index_bytes"]),
         index_sha256=str(raw["index_sha256"]),
         extra=dict(raw.get("extra") or {}),
+        projection=projection,
     )
+
+
+def _top_directions(
+    unit: Vectors, dims: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The dims leading right singular vectors of unit's rows (as rows, best first) and the
+    energy each holds. From the n x n Gram matrix when there are fewer rows than dimensions
+    (a small eigenproblem), else from the d x d one, summed chunk by chunk in float64."""
+    n, d = unit.shape
+    if n < d:
+        values, vectors = np.linalg.eigh((unit @ unit.T).astype(np.float64))
+        values, vectors = values[::-1][:dims], vectors[:, ::-1][:, :dims]
+        if values[-1] > 1e-9 * values[0]:  # else: rank < dims, see below
+            top = (unit.T.astype(np.float64) @ vectors / np.sqrt(values)).T
+            return top, values
+    gram = np.zeros((d, d), dtype=np.float64)
+    for start in range(0, n, FIT_CHUNK):
+        chunk = unit[start : start + FIT_CHUNK]
+        gram += chunk.T @ chunk  # float32 products, summed over chunks in float64
+    values, vectors = np.linalg.eigh(gram)  # ascending
+    return vectors[:, ::-1][:, :dims].T, values[::-1][:dims]
 
 
 def verify_file(path: Path, size: int, sha256: str) -> None:

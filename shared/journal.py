@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 from redis.typing import EncodableT, FieldT
 
-from shared import keys
+from shared.keys import MAIN, Generation
 
 Op = Literal["upsert", "delete"]
 Fields = dict[FieldT, EncodableT]
@@ -28,18 +28,18 @@ class JournalEntry:
 
 
 # XADD with the journal's next number as the entry's first field, in one step: readers then know
-# how many entries they are behind the head (the head's number is keys.JOURNAL_SEQ) in O(1).
+# how many entries they are behind the head (the head's number is Generation.journal_seq) in O(1).
 APPEND = """
 local seq = redis.call('INCR', KEYS[2])
 return redis.call('XADD', KEYS[1], '*', 'n', seq, unpack(ARGV))
 """
 
 
-def append(client: Any, pipe: Any, fields: Fields) -> None:
+def append(client: Any, pipe: Any, fields: Fields, gen: Generation = MAIN) -> None:
     """Queue the entry's append on pipe (a transaction, usually); client registers the script."""
     script = client.register_script(APPEND)
     args = [item for pair in fields.items() for item in pair]
-    script(keys=[keys.JOURNAL, keys.JOURNAL_SEQ], args=args, client=pipe)
+    script(keys=[gen.journal, gen.journal_seq], args=args, client=pipe)
 
 
 def upsert_entry(

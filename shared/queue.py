@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from celery import Celery
 
+from shared.keys import EMBED_QUEUE
 from shared.settings import Settings
 
 EMBED_TASK = "lookalike.embed"
-EMBED_QUEUE = "embed"
 # Redis transport priorities: 0 is served first. Searches jump ahead of bulk indexing.
 SEARCH_PRIORITY = 0
 BULK_PRIORITY = 6
@@ -47,11 +47,11 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
     return app
 
 
-def send_embed(app: Celery, task_id: str, priority: int) -> None:
-    """Queue the embedding of the upload saved under task_id."""
-    app.send_task(EMBED_TASK, args=[task_id], task_id=task_id, queue=EMBED_QUEUE, priority=priority)
+def send_embed(app: Celery, task_id: str, priority: int, queue: str = EMBED_QUEUE) -> None:
+    """Queue the embedding of the upload saved under task_id (on a generation's queue)."""
+    app.send_task(EMBED_TASK, args=[task_id], task_id=task_id, queue=queue, priority=priority)
 
 
-def queue_name(step: int) -> str:
-    """The Redis list kombu keeps the embed queue's messages of one priority step in."""
-    return EMBED_QUEUE if step == 0 else f"{EMBED_QUEUE}{PRIORITY_SEPARATOR}{step}"
+def queue_name(step: int, queue: str = EMBED_QUEUE) -> str:
+    """The Redis list kombu keeps a queue's messages of one priority step in."""
+    return queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}"

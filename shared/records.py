@@ -14,6 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from shared import keys
+from shared.keys import MAIN, Generation
 
 TaskKind = Literal["index", "search", "delete"]
 
@@ -156,88 +157,95 @@ def failure(code: str, message: str) -> dict[str, str]:
 
 
 class ProductStore:
-    """Product records (a hash each): metadata, whether indexed, the task that changes it next.
+    """Product records (a hash each): metadata, the image's digest, and per generation of the
+    index whether it holds the product's vector (a set) and which task changes it next.
 
     The one owner of the record's fields: the API stages a product, a worker marks it indexed.
+    `get` and `page` show the record as generation `gen` (the one serving) sees it.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, gen: Generation = MAIN) -> None:
         self.client = client
+        self.gen = gen
 
     def get(self, product_id: str) -> dict[str, Any] | None:
-        raw = self.client.hgetall(keys.product(product_id))
-        return self._record(product_id, raw) if raw else None
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(keys.product(product_id))
+        pipe.sismember(self.gen.indexed, product_id)
+        pipe.get(self.gen.index_model)
+        raw, indexed, model = pipe.execute()
+        return self._record(product_id, raw, indexed, model) if raw else None
 
-    @staticmethod
-    def _record(product_id: str, raw: Any) -> dict[str, Any]:
+    def _record(self, product_id: str, raw: Any, indexed: Any, model: Any) -> dict[str, Any]:
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         return {
             "product_id": product_id,
             "metadata": json.loads(fields.get("metadata", "{}")),
-            "indexed": fields.get("indexed") == "1",
+            "indexed": bool(indexed),
             "image_sha256": fields.get("image_sha256") or None,
-            "model_id": fields.get("model_id") or None,
-            "pending_task": fields.get("pending_task") or None,
+            "model_id": model.decode() if indexed and model else None,
+            "pending_task": fields.get(self.gen.pending_field) or None,
             "updated_at": float(fields.get("updated_at", "0")),
         }
 
     @staticmethod
-    def stage(pipe: Any, product_id: str, task_id: str, metadata: dict[str, Any]) -> None:
-        """Make task_id the product's next change; a new product starts as not indexed."""
+    def stage(
+        pipe: Any, product_id: str, tasks: dict[Generation, str], metadata: dict[str, Any]
+    ) -> None:
+        """Make each generation's task the product's next change there."""
         key = keys.product(product_id)
         pipe.hsetnx(key, "metadata", _json(metadata))
-        pipe.hsetnx(key, "indexed", "0")
         pipe.hsetnx(key, "updated_at", str(time.time()))
-        pipe.hset(key, "pending_task", task_id)
+        pipe.hset(key, mapping={gen.pending_field: task_id for gen, task_id in tasks.items()})
         pipe.sadd(keys.PRODUCTS, product_id)
 
     @staticmethod
-    def watch_pending(pipe: Any, product_id: str) -> str | None:
-        """Watch the product and return the task its next change belongs to (None: gone)."""
+    def watch_pending(pipe: Any, product_id: str, gen: Generation = MAIN) -> str | None:
+        """Watch the product and return the task its next change in gen belongs to."""
         key = keys.product(product_id)
         pipe.watch(key)
-        pending = pipe.hget(key, "pending_task")
+        pending = pipe.hget(key, gen.pending_field)
         return pending.decode() if pending else None
 
     @staticmethod
     def mark_indexed(
-        pipe: Any, product_id: str, metadata: dict[str, Any], digest: str, model_id: str
+        pipe: Any, product_id: str, metadata: dict[str, Any], digest: str, gen: Generation = MAIN
     ) -> None:
         fields = {
             "metadata": _json(metadata),
-            "indexed": "1",
             "image_sha256": digest,
-            "model_id": model_id,
-            "pending_task": "",
+            gen.pending_field: "",
             "updated_at": str(time.time()),
         }
         pipe.hset(keys.product(product_id), mapping=fields)
-        pipe.sadd(keys.INDEXED, product_id)
-        pipe.srem(keys.LOST, product_id)
+        pipe.sadd(gen.indexed, product_id)
+        pipe.srem(gen.lost, product_id)
 
     @staticmethod
-    def remove(pipe: Any, product_id: str) -> None:
+    def remove(pipe: Any, product_id: str, gens: Iterable[Generation] = (MAIN,)) -> None:
         pipe.delete(keys.product(product_id), keys.thumbnail(product_id))
         pipe.srem(keys.PRODUCTS, product_id)
-        pipe.srem(keys.INDEXED, product_id)
-        pipe.srem(keys.LOST, product_id)
+        for gen in gens:
+            pipe.srem(gen.indexed, product_id)
+            pipe.srem(gen.lost, product_id)
 
     @staticmethod
-    def mark_lost(pipe: Any, product_ids: Iterable[str], reason: str) -> None:
+    def mark_lost(
+        pipe: Any, product_ids: Iterable[str], reason: str, gen: Generation = MAIN
+    ) -> None:
         """These products' vectors are gone: not indexed any more, so a re-import embeds them."""
         for product_id in product_ids:
-            pipe.hset(keys.product(product_id), "indexed", "0")
-            pipe.srem(keys.INDEXED, product_id)
-            pipe.sadd(keys.LOST, product_id)
-        pipe.set(keys.DAMAGE, _json({"reason": reason, "at": time.time()}))
+            pipe.srem(gen.indexed, product_id)
+            pipe.sadd(gen.lost, product_id)
+        pipe.set(gen.damage, _json({"reason": reason, "at": time.time()}))
 
     def indexed_ids(self) -> set[str]:
-        """Products Redis says have a vector."""
-        return {raw.decode() for raw in self.client.smembers(keys.INDEXED)}  # type: ignore[union-attr]
+        """Products Redis says have a vector in this generation."""
+        return {raw.decode() for raw in self.client.smembers(self.gen.indexed)}  # type: ignore[union-attr]
 
     def backfill_indexed(self) -> None:
         """Build the set of indexed products from the records, for data older than the set."""
-        if self.client.exists(keys.INDEXED):
+        if self.gen != MAIN or self.client.exists(keys.INDEXED):
             return
         for product_id in self.client.sscan_iter(keys.PRODUCTS, count=1000):
             if self.client.hget(keys.product(product_id.decode()), "indexed") == b"1":
@@ -245,8 +253,8 @@ class ProductStore:
 
     def lost(self) -> tuple[int, str | None]:
         """How many products lost their vectors and are not re-indexed yet, and why."""
-        count = int(self.client.scard(keys.LOST))
-        raw = self.client.get(keys.DAMAGE) if count else None
+        count = int(self.client.scard(self.gen.lost))
+        raw = self.client.get(self.gen.damage) if count else None
         return count, json.loads(raw)["reason"] if raw else None
 
     def page(self, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int]:
@@ -257,9 +265,12 @@ class ProductStore:
         pipe = self.client.pipeline(transaction=False)
         for product_id in ids:
             pipe.hgetall(keys.product(product_id))
+            pipe.sismember(self.gen.indexed, product_id)
+        pipe.get(self.gen.index_model)
+        *replies, model = pipe.execute()
         records = [
-            self._record(product_id, raw)
-            for product_id, raw in zip(ids, pipe.execute(), strict=True)
+            self._record(product_id, raw, indexed, model)
+            for product_id, raw, indexed in zip(ids, replies[::2], replies[1::2], strict=True)
             if raw
         ]
         return records, int(next_cursor)

@@ -134,9 +134,17 @@ class S3SnapshotStore(SnapshotStore):
         if not doomed or not still_allowed():
             return []
         for name in doomed:
-            keys = [{"Key": self._key(name, file)} for file in objects.get(name, ())]
-            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+            self._delete_objects(name, objects.get(name, set()))
         return doomed
+
+    def delete(self, name: str) -> None:
+        """Remove one snapshot's objects from the bucket."""
+        self._delete_objects(name, self._objects().get(name, set()))
+
+    def _delete_objects(self, name: str, files: set[str]) -> None:
+        if files:
+            keys = [{"Key": self._key(name, file)} for file in files]
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
 
     def load_newest(self, model_id: str | None = None, ef_search: int = 64) -> Loaded:
         """As for a directory; then this host's copies of other snapshots are dropped."""

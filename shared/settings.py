@@ -90,6 +90,19 @@ class Settings(BaseSettings):
         "data_dir/index) or s3://bucket/prefix (AWS_* variables as for AWS tools).",
     )
 
+    # Generations of the index (`lookalike reindex`, `promote`, `rollback`).
+    generation: str | None = Field(
+        None,
+        description="The index generation this worker or writer builds (unset: the first).",
+        pattern=r"^([a-z0-9][a-z0-9-]{0,15})?$",
+    )
+    keep_originals: bool = Field(True, description="Keep each product's original image.")
+    originals_url: str | None = Field(
+        None,
+        description="Where originals are kept: a directory (default data_dir/originals) or "
+        "s3://bucket/prefix.",
+    )
+
     # Durability and backpressure.
     snapshots_kept: int = Field(
         2,
@@ -114,6 +127,27 @@ class Settings(BaseSettings):
     )
     search_ttl: int = Field(
         3600, ge=60, description="Seconds a search task's vector and results are kept."
+    )
+
+    # Reduced memory.
+    index_dims: int = Field(
+        0,
+        ge=0,
+        le=2047,
+        description="0: vectors are indexed as they are (2048-d float32). N: a new index is "
+        "projected to N dims by a PCA fitted on its first index_fit_items items.",
+    )
+    index_fit_items: int = Field(
+        20_000, ge=2, description="Items the reduced-memory projection is fitted on."
+    )
+
+    # Hygiene.
+    near_duplicate_threshold: float = Field(
+        0.98,
+        gt=0,
+        le=1,
+        description="Cosine from which two products are near duplicates: in a finished index "
+        "task's result and `lookalike evaluate --hygiene`.",
     )
 
     @property

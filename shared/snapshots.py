@@ -23,6 +23,7 @@ from typing import Any
 from shared.errors import SnapshotError
 from shared.index import VectorIndex
 from shared.journal import position_key
+from shared.keys import MAIN, Generation
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,11 @@ class SnapshotStore:
         if not doomed or not still_allowed():
             return []
         for name in doomed:
-            self._remove(name)
+            self.delete(name)
         return doomed
 
-    def _remove(self, name: str) -> None:
+    def delete(self, name: str) -> None:
+        """Remove one snapshot (or partial folder)."""
         shutil.rmtree(self.root / name, ignore_errors=True)
 
     def _partials(self) -> list[Path]:
@@ -161,15 +163,18 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def open_store(settings: Settings) -> SnapshotStore:
-    """The store LOOKALIKE_SNAPSHOT_URL names: a directory (default data_dir/index) or S3."""
+def open_store(settings: Settings, gen: Generation = MAIN) -> SnapshotStore:
+    """The store LOOKALIKE_SNAPSHOT_URL names: a directory (default data_dir/index) or S3; a
+    generation other than the first keeps its snapshots in a folder (a prefix) of its name."""
     url = settings.snapshot_url
     if url is not None and url.startswith("s3://"):
         from shared.s3_snapshots import S3SnapshotStore
 
-        return S3SnapshotStore(url, settings.data_dir / "snapshot-cache", settings.snapshots_kept)
+        url = url.rstrip("/") + (f"/{gen.name}" if gen.name else "")
+        cache = settings.data_dir / "snapshot-cache" / gen.label
+        return S3SnapshotStore(url, cache, settings.snapshots_kept)
     if url is None:
         root = settings.data_dir / "index"
     else:
         root = Path(url.removeprefix("file://")).expanduser()
-    return SnapshotStore(root, settings.snapshots_kept)
+    return SnapshotStore(root / gen.name if gen.name else root, settings.snapshots_kept)

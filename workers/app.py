@@ -1,7 +1,11 @@
-"""The Celery app of the embed workers: `celery -A workers.app worker -Q embed -P solo`."""
+"""The Celery app of the embed workers: `celery -A workers.app worker -Q embed -P solo`.
+
+A worker building another index generation (LOOKALIKE_GENERATION=NAME) consumes `embed.NAME`.
+"""
 
 from __future__ import annotations
 
+from shared.keys import Generation
 from shared.queue import make_celery
 from shared.settings import get_settings
 
@@ -13,4 +17,5 @@ celery_app = make_celery(settings, settings.redis_url)
 # celery-batches only flushes a full batch if the worker holds that many messages at once.
 celery_app.conf.worker_prefetch_multiplier = max(settings.batch_size, 1)
 celery_app.conf.include = ["workers.embedding"]
+celery_app.conf.task_default_queue = Generation.named(settings.generation).queue
 app = celery_app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -16,6 +17,8 @@ from celery_batches import Batches, SimpleRequest
 from shared import keys
 from shared.errors import EXIT_CONFIG, LookalikeError, WeightsUnavailable
 from shared.index import unusable_reason
+from shared.keys import Generation
+from shared.originals import OriginalStore, open_originals
 from shared.queue import EMBED_TASK
 from shared.records import TaskRecord, TaskStore, connect, failure
 from workers.app import celery_app, settings
@@ -43,9 +46,17 @@ def tasks() -> TaskStore:
     return TaskStore(redis_client(), settings.task_ttl, settings.search_ttl)
 
 
+GENERATION = Generation.named(settings.generation)
+
+
 @lru_cache(maxsize=1)
 def publisher() -> Publisher:
-    return Publisher(redis_client(), tasks(), settings.search_ttl)
+    return Publisher(redis_client(), tasks(), settings.search_ttl, GENERATION)
+
+
+@lru_cache(maxsize=1)
+def originals() -> OriginalStore | None:
+    return open_originals(settings)
 
 
 @worker_init.connect
@@ -136,14 +147,37 @@ def claim(task_id: str) -> Job | None:
         return None
     if record.finished:
         return None
-    image = redis_client().get(keys.upload(task_id))
-    if image is None:
-        message = "the uploaded image expired before a worker took it"
-        publisher().fail(record, failure("upload_expired", message))
+    problem, image = image_of(record)
+    if problem is not None:
+        publisher().fail(record, problem)
         return None
     if not publisher().start(record):
         return None  # another delivery of this task finished it meanwhile
-    return Job(record, image)  # type: ignore[arg-type]
+    return Job(record, image)
+
+
+def image_of(record: TaskRecord) -> tuple[dict[str, str] | None, bytes]:
+    """The task's image: its upload, or, re-embedding for a new generation, the original."""
+    generation = record.options.get("generation", "")
+    if generation != GENERATION.name:
+        message = (
+            f"a task of generation {Generation(generation).label} reached a worker of "
+            f"generation {GENERATION.label}"
+        )
+        return failure("wrong_generation", message), b""
+    digest = record.options.get("original")
+    if digest is not None:
+        store = originals()
+        data = store.get(digest) if store is not None else None
+        if data is None:
+            where = store.where if store is not None else "nowhere (LOOKALIKE_KEEP_ORIGINALS=false)"
+            return failure("original_missing", f"no original image {digest} in {where}"), b""
+        return None, data
+    upload = redis_client().get(keys.upload(record.task_id))
+    if upload is None:
+        message = "the uploaded image expired before a worker took it"
+        return failure("upload_expired", message), b""
+    return None, upload  # type: ignore[return-value]
 
 
 def record_batch_stats(passes: int, images: int, started: float) -> None:
@@ -179,12 +213,15 @@ def finish_index(job: Job, result: Embedded, embedder: Embedder) -> None:
         )
         finish_failed(record, failure("model_mismatch", message))
         return
+    store = originals()
+    if store is not None and "original" not in record.options:
+        store.put(hashlib.sha256(job.image).hexdigest(), job.image)  # for a later reindex
     publisher().indexed(record, vector, embedder.model_id, job.image, result.thumbnail)
 
 
 def claim_index_model(model_id: str) -> str:
-    """The index's model id: the first worker to index anything sets it."""
+    """The generation's model id: the first worker to index anything into it sets it."""
     client = redis_client()
-    client.set(keys.INDEX_MODEL, model_id, nx=True)
-    current = client.get(keys.INDEX_MODEL)
+    client.set(GENERATION.index_model, model_id, nx=True)
+    current = client.get(GENERATION.index_model)
     return current.decode() if current else model_id  # type: ignore[union-attr]

@@ -11,16 +11,20 @@ import redis
 
 from shared import keys
 from shared.journal import append, upsert_entry
+from shared.keys import MAIN, Generation
 from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, failure
 
 
 class Publisher:
-    """The ends of tasks, against one Redis."""
+    """The ends of tasks, against one Redis, into one generation of the index."""
 
-    def __init__(self, client: redis.Redis, tasks: TaskStore, search_ttl: int) -> None:
+    def __init__(
+        self, client: redis.Redis, tasks: TaskStore, search_ttl: int, gen: Generation = MAIN
+    ) -> None:
         self.client = client
         self.tasks = tasks
         self.search_ttl = search_ttl
+        self.gen = gen
 
     def start(self, record: TaskRecord) -> bool:
         """Mark the task running, unless another delivery finished it already."""
@@ -58,15 +62,17 @@ class Publisher:
         digest = hashlib.sha256(image).hexdigest()
 
         def still_pending(pipe: Any) -> dict[str, str] | None:
-            if ProductStore.watch_pending(pipe, product_id) == record.task_id:
+            if ProductStore.watch_pending(pipe, product_id, self.gen) == record.task_id:
                 return None
             return failure(
                 "superseded", f"product {product_id} was changed or deleted by a later request"
             )
 
         def writes(pipe: Any) -> None:
-            append(self.client, pipe, upsert_entry(product_id, vector, model_id, metadata))
-            ProductStore.mark_indexed(pipe, product_id, metadata, digest, model_id)
+            append(
+                self.client, pipe, upsert_entry(product_id, vector, model_id, metadata), self.gen
+            )
+            ProductStore.mark_indexed(pipe, product_id, metadata, digest, self.gen)
             pipe.set(keys.thumbnail(product_id), thumbnail)
             pipe.delete(keys.upload(record.task_id))
 

@@ -17,6 +17,7 @@ import redis
 from celery import Celery
 
 from shared import keys
+from shared.keys import MAIN, Generation
 from shared.queue import (
     BULK_PRIORITY,
     PRIORITY_STEPS,
@@ -37,8 +38,11 @@ BATCH = 500
 class Sweeper:
     """Sends lost tasks again; `due` says when to look (every half visibility timeout)."""
 
-    def __init__(self, settings: Settings, client: redis.Redis, celery: Celery) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, celery: Celery, gen: Generation = MAIN
+    ) -> None:
         self.settings = settings
+        self.gen = gen  # its writer sweeps the tasks of its generation
         self.client = client
         self.celery = celery
         self.tasks = TaskStore(client, settings.task_ttl, settings.search_ttl)
@@ -65,7 +69,7 @@ class Sweeper:
     def _held(self) -> bytes | None:
         """Every waiting or delivered message, as one blob to look task ids up in (None: too
         many waiting to read them all now)."""
-        names = [queue_name(step) for step in PRIORITY_STEPS]
+        names = [queue_name(step, self.gen.queue) for step in PRIORITY_STEPS]
         if sum(int(self.client.llen(name)) for name in names) > MAX_SCANNED:
             return None
         parts: list[Any] = [self.client.lrange(name, 0, -1) for name in names]
@@ -78,10 +82,12 @@ class Sweeper:
         if record is None or record.finished:
             self.client.zrem(keys.INFLIGHT, task_id)
             return False
+        if record.options.get("generation", "") != self.gen.name:
+            return False  # another generation's writer sweeps it
         if task_id.encode() in held:
             return False  # waiting in a queue, or held by a worker (kombu redelivers it)
         priority = SEARCH_PRIORITY if record.kind == "search" else BULK_PRIORITY
-        send_embed(self.celery, task_id, priority)
+        send_embed(self.celery, task_id, priority, self.gen.queue)
         self.client.zadd(keys.INFLIGHT, {task_id: now})
         log.warning("task %s was queued %.0fs ago and its message is gone: sent again",
                     task_id, now - record.created_at)  # fmt: skip

@@ -18,9 +18,9 @@ from celery import Celery
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from shared import keys
 from shared.catalog import Catalog
 from shared.follower import read_after, trim_before
+from shared.keys import Generation
 from shared.queue import make_celery
 from shared.records import connect
 from shared.settings import Settings, get_settings
@@ -39,16 +39,17 @@ class IndexWriter:
     def __init__(self, settings: Settings, client: redis.Redis, celery: Celery) -> None:
         self.settings = settings
         self.client = client
-        self.store = open_store(settings)
+        self.gen = Generation.named(settings.generation)
+        self.store = open_store(settings, self.gen)
         self.token = uuid.uuid4().hex
         # Token-checked: only the holder can extend or release it.
-        self.lock = Lock(client, keys.WRITER_LOCK, timeout=LOCK_TTL, thread_local=False)
-        self.sweeper = Sweeper(settings, client, celery)
+        self.lock = Lock(client, self.gen.writer_lock, timeout=LOCK_TTL, thread_local=False)
+        self.sweeper = Sweeper(settings, client, celery, self.gen)
         self.holding = threading.Event()  # set while the lock is ours, renewed in the background
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        log.info("waiting for the writer lock (%s)", self.token)
+        log.info("waiting for the writer lock of generation %s (%s)", self.gen.label, self.token)
         while not self.stop_event.is_set():
             try:
                 if self._acquire():
@@ -64,7 +65,7 @@ class IndexWriter:
         """Take the lock, or find it still ours (after a Redis restart, say)."""
         if self.lock.acquire(blocking=False, token=self.token):
             return True
-        if self.client.get(keys.WRITER_LOCK) == self.token.encode():
+        if self.client.get(self.gen.writer_lock) == self.token.encode():
             self.lock.local.token = self.token.encode()
             return self._renew()
         return False
@@ -95,7 +96,7 @@ class IndexWriter:
         renewer = threading.Thread(target=self._keep_renewing, name="lock-renewal", daemon=True)
         renewer.start()
         try:
-            self._follow(restore(self.settings, self.client, self.store))
+            self._follow(restore(self.settings, self.client, self.store, self.gen))
         finally:
             self.holding.clear()
             renewer.join()
@@ -103,10 +104,10 @@ class IndexWriter:
                 self.lock.release()
 
     def _follow(self, catalog: Catalog) -> None:
-        policy = SnapshotPolicy(self.settings, trim_pending=self.client.xlen(keys.JOURNAL) > 1)
+        policy = SnapshotPolicy(self.settings, trim_pending=self.client.xlen(self.gen.journal) > 1)
         unsaved = 0
         while not self.stop_event.is_set() and self.holding.is_set():
-            entries = read_after(self.client, catalog.position, block_ms=500)
+            entries = read_after(self.client, catalog.position, block_ms=500, gen=self.gen)
             unsaved += catalog.apply(entries)
             if entries:
                 self._report(catalog)
@@ -123,9 +124,9 @@ class IndexWriter:
     def _report(self, catalog: Catalog) -> None:
         """Where the writer is, for /metrics and /readyz (its lag behind the journal's head)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(keys.WRITER_POSITION, catalog.position)
+        pipe.set(self.gen.writer_position, catalog.position)
         if catalog.seq is not None:
-            pipe.set(keys.WRITER_SEQ, catalog.seq)
+            pipe.set(self.gen.writer_seq, catalog.seq)
         pipe.execute()
 
     def snapshot(self, catalog: Catalog) -> str | None:
@@ -140,7 +141,7 @@ class IndexWriter:
         kept_from = self.store.kept_from()
         trimmed = 0
         if kept_from is not None and self.still_holding():
-            trimmed = trim_before(self.client, kept_from)
+            trimmed = trim_before(self.client, kept_from, self.gen)
         log.info(
             "snapshot %s: %d items in %.2fs; pruned %d; journal trimmed by %d to %s",
             snapshot.name if snapshot else "-", len(catalog), time.perf_counter() - started,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -305,3 +307,130 @@ def test_evaluate_html_report_in_a_real_browser(imported, api, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def post_copy(api: str, dataset: Path, original: str, copy: str) -> str:
+    """Post the original's image file under a new id; the task id."""
+    image = (dataset / "images" / f"{original}.jpg").read_bytes()
+    metadata = requests.get(f"{api}/api/v1/products/{original}", timeout=10).json()["metadata"]
+    response = requests.post(
+        f"{api}/api/v1/products",
+        data={"product_id": copy, "metadata": json.dumps(metadata)},
+        files={"image": (f"{copy}.jpg", image, "image/jpeg")},
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["task_id"])
+
+
+def near_duplicates_known(api: str, task_id: str) -> dict:
+    """The task once it succeeded and the API's replica has its vector (near_duplicates said)."""
+    return wait_until(
+        lambda: "near_duplicates" in (task := requests.get(
+            f"{api}/api/v1/tasks/{task_id}", timeout=10).json()).get("result", {}) and task,
+        120, f"task {task_id} never said near_duplicates",
+    )  # fmt: skip
+
+
+def forget(api: str, product_ids: list[str]) -> None:
+    """Delete the products and wait for the replica to apply it: other tests count items."""
+    for product_id in product_ids:
+        requests.delete(f"{api}/api/v1/products/{product_id}", timeout=10)
+    wait_until(
+        lambda: requests.get(f"{api}/readyz", timeout=10).json()["lag"]["replica"]["entries"] == 0,
+        30, "the replica did not apply the deletes",
+    )  # fmt: skip
+
+
+def test_hygiene_a_posted_copy_names_the_original_as_its_near_duplicate(imported, dataset, api):
+    original = rows_with_images(dataset)[4]
+    try:
+        task = near_duplicates_known(api, post_copy(api, dataset, original, "hyg-copy"))
+        assert task["state"] == "succeeded" and task["result"]["product_id"] == "hyg-copy"
+        found = task["result"]["near_duplicates"]
+        assert found[0] == {"product_id": original, "score": 1.0}  # the same image file
+        scores = [other["score"] for other in found]
+        assert scores == sorted(scores, reverse=True) and min(scores) >= 0.98  # the default
+        assert "hyg-copy" not in {other["product_id"] for other in found}
+    finally:
+        forget(api, ["hyg-copy"])
+
+
+def test_hygiene_import_warns_of_an_item_that_copies_another(imported, dataset, api, tmp_path):
+    original = rows_with_images(dataset)[6]
+    (tmp_path / "images").mkdir()
+    header = (dataset / "styles.csv").read_text().splitlines()[0]
+    row = "hyg-imported,Men,Apparel,Topwear,Shirts,Red,Summer,2012,Casual,A copy"
+    (tmp_path / "styles.csv").write_text(f"{header}\n{row}\n")
+    (tmp_path / "images" / "hyg-imported.jpg").write_bytes(
+        (dataset / "images" / f"{original}.jpg").read_bytes()
+    )
+    try:
+        result = lookalike("import", str(tmp_path), "--api-url", api, "-q")
+        assert result.returncode == 0, result.stdout + result.stderr
+        warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+        assert len(warnings) == 1
+        assert warnings[0].startswith(f"warning: hyg-imported is a near duplicate of {original} "
+                                      "(1.000)")  # fmt: skip
+        assert "near duplicates not checked" not in result.stdout
+    finally:
+        forget(api, ["hyg-imported"])
+
+
+def test_hygiene_report_groups_copies_lists_shared_images_and_embeds_pictures(
+    imported, dataset, api, tmp_path
+):
+    with_images = rows_with_images(dataset)
+    listing, placeholder = with_images[8], with_images[9]
+    copies = {"hyg-a1": listing, "hyg-a2": listing}
+    copies.update({f"hyg-p{n}": placeholder for n in range(1, 6)})
+    try:
+        tasks = [post_copy(api, dataset, original, copy) for copy, original in copies.items()]
+        for task_id in tasks:
+            near_duplicates_known(api, task_id)
+        products = requests.get(f"{api}/api/v1/products?limit=500", timeout=10).json()
+        indexed = sum(product["indexed"] for product in products["products"])
+        report = tmp_path / "hygiene.html"
+        result = lookalike(
+            "evaluate", "--hygiene", "--threshold", "0.99999", "--html", str(report),
+            "--api-url", api, "-q",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        # distinct items score below 0.9999 even on the random model; copies 1.0
+        assert lines[:6] == [
+            f"catalog hygiene over {indexed} indexed items, 10 nearest neighbours each",
+            "near-duplicate threshold 0.99999 (cosine), placeholders: 5 or more products with "
+            "one image or near-identical vectors",
+            "",
+            "near-duplicate listings: 2 groups, 9 products (cosine >= 0.99999; largest, then "
+            "most similar, first)",
+            "group   size     min    mean  ids",
+            f"1          6  1.0000  1.0000  {placeholder} hyg-p1 hyg-p2 hyg-p3 hyg-p4 hyg-p5",
+        ]
+        assert lines[6] == f"2          3  1.0000  1.0000  {listing} hyg-a1 hyg-a2"
+        assert "likely mis-categorised: most of an item's neighbours carry one other value " in (
+            result.stdout
+        )
+        assert "shared images: 2 images on 9 products (same image_sha256)" in lines
+        shared = [line for line in lines if line.endswith("(placeholder?)")]
+        assert len(shared) == 1
+        assert shared[0].endswith(f"6  {placeholder} hyg-p1 hyg-p2 hyg-p3 hyg-p4 hyg-p5  "
+                                  "(placeholder?)")  # fmt: skip
+        assert "likely placeholders: 1 near-duplicate group of 5 or more products (group 1)" in (
+            lines
+        )
+        assert re.fullmatch(rf"{indexed} neighbour queries in [\d.]+s \(\d+/s\)", lines[-2])
+        assert lines[-1] == f"wrote {report}"
+
+        page = report.read_text(encoding="utf-8")
+        assert page.count("<img ") == page.count('<img src="data:image/jpeg;base64,') > 9
+        assert 'class="placeholder"' not in page  # every thumbnail was fetched
+        groups = page[page.index('<section id="duplicates">') : page.index('id="miscategorised"')]
+        assert groups.count('<img src="data:image/jpeg;base64,') == 9
+        assert groups.count('<span class="flag">placeholder?</span>') == 1
+        for product_id in [listing, placeholder, *copies]:
+            assert f'<div class="id">{product_id}</div>' in groups
+        assert '<dd id="threshold">0.99999</dd>' in page
+    finally:
+        forget(api, list(copies))

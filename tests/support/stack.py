@@ -14,6 +14,7 @@ import requests
 
 from cli import processes
 from cli.redis_server import RedisServer, free_port
+from shared.keys import Generation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,10 +59,13 @@ class Stack:
     def start_worker(self, name: str = "embed", **settings: Any) -> subprocess.Popen[bytes]:
         """An embed worker; keyword arguments override its settings (LOOKALIKE_<NAME>)."""
         env = {f"LOOKALIKE_{key.upper()}": str(value) for key, value in settings.items()}
-        return self._spawn(name, processes.embed_worker(name), env)
+        queue = Generation.named(str(settings.get("generation", ""))).queue
+        return self._spawn(name, processes.embed_worker(name, queue=queue), env)
 
-    def start_writer(self, name: str = "writer") -> subprocess.Popen[bytes]:
-        return self._spawn(name, processes.index_writer())
+    def start_writer(self, name: str = "writer", **settings: Any) -> subprocess.Popen[bytes]:
+        """An index writer; keyword arguments override its settings (LOOKALIKE_<NAME>)."""
+        env = {f"LOOKALIKE_{key.upper()}": str(value) for key, value in settings.items()}
+        return self._spawn(name, processes.index_writer(), env)
 
     def start_api(self, name: str = "api", **settings: Any) -> str:
         """An API process; keyword arguments override its settings (LOOKALIKE_<NAME>)."""

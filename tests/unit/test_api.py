@@ -256,6 +256,7 @@ REDIS_DOWN_ROWS = [
     ("GET", "/api/v1/products/posted/similar", 503),
     ("POST", "/api/v1/search", 503),
     ("GET", "/api/v1/tasks/abc", 503),
+    ("GET", "/api/v1/index", 503),
     ("GET", "/metrics", 503),
     ("GET", "/readyz", 503),
     ("GET", "/healthz", 200),
@@ -585,3 +586,27 @@ def test_a_write_redis_refuses_for_memory_is_503_overloaded(app, client, redis_s
     assert response.headers["Retry-After"] == "5"
     assert error_of(response) == {"code": "overloaded", "message": REDIS_FULL}
     assert client.get("/api/v1/products/p1").status_code == 200
+
+
+def test_similar_revalidates_from_the_replica_while_redis_is_away(app, client, redis_server):
+    journal(app, 3)
+    post(client, product_id="0")
+    first = client.get("/api/v1/products/0/similar?k=2")
+    etag = first.headers["ETag"]
+    with redis_stopped(redis_server):
+        again = client.get("/api/v1/products/0/similar?k=2", headers={"If-None-Match": etag})
+        changed = client.get("/api/v1/products/0/similar?k=1", headers={"If-None-Match": etag})
+    assert (again.status_code, again.data, again.headers["ETag"]) == (304, b"", etag)
+    assert changed.status_code == 200
+    assert changed.headers["ETag"] != etag
+
+
+def test_a_304_is_counted_in_the_request_metrics(app, client):
+    journal(app, 3)
+    post(client, product_id="0")
+    url = "/api/v1/products/0/similar"
+    etag = client.get(url).headers["ETag"]
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    text = client.get("/metrics").get_data(as_text=True)
+    labels = 'endpoint="/api/v1/products/<product_id>/similar",method="GET",status="304"'
+    assert f"lookalike_http_requests_total{{{labels}}} 1.0" in text

@@ -354,6 +354,8 @@ ROWS = [
     Row("GET /api/v1/tasks/{task_id}", 200, "/api/v1/tasks/{task}"),
     Row("GET /api/v1/tasks/{task_id}", 404, "/api/v1/tasks/missing"),
     Row("GET /api/v1/tasks/{task_id}", 503, "/api/v1/tasks/{task}", redis_down=True),
+    Row("GET /api/v1/index", 200, "/api/v1/index"),
+    Row("GET /api/v1/index", 503, "/api/v1/index", redis_down=True),
     Row("GET /api/v1/openapi.json", 200, "/api/v1/openapi.json"),
     Row("GET /healthz", 200, "/healthz"),
     Row("GET /readyz", 503, "/readyz"),

@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from shared import keys
+from shared.keys import MAIN
 from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, failure
 from workers.publish import Publisher
 
@@ -38,7 +39,7 @@ def posted(client, tasks, product_id: str = "p1", kind: str = "index") -> TaskRe
     tasks.save(record, pipe)
     pipe.set(keys.upload(record.task_id), b"image bytes")
     if kind == "index":
-        ProductStore.stage(pipe, product_id, record.task_id, {"n": 1})
+        ProductStore.stage(pipe, product_id, {MAIN: record.task_id}, {"n": 1})
     pipe.execute()
     return record
 
@@ -87,7 +88,7 @@ def test_a_later_post_of_the_product_supersedes_an_earlier_task(client, tasks, p
     earlier = posted(client, tasks)
     later = TaskRecord(task_id="t-later", kind="index", product_id="p1")
     pipe = client.pipeline()
-    ProductStore.stage(pipe, "p1", later.task_id, {"n": 2})
+    ProductStore.stage(pipe, "p1", {MAIN: later.task_id}, {"n": 2})
     pipe.execute()
     assert not publisher.indexed(earlier, VECTOR, MODEL, b"image bytes", b"thumb")
     stored = tasks.get(earlier.task_id)
