@@ -131,6 +131,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     if args.hygiene:
         return evaluate_hygiene(args)
+    if args.compare:
+        return evaluate_compare(args)
     client = api_client(args)
     progress = not args.quiet
     report = evaluate(client, args.k, args.by, args.concurrency, progress, args.sample, args.seed)
@@ -140,6 +142,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         write_html(report, client, args.html, args.sheet, args.seed)
         print(f"wrote {args.html}")
+    return 0
+
+
+def evaluate_compare(args: argparse.Namespace) -> int:
+    """`evaluate --compare A B`: two generations' precision over the same queries."""
+    from cli.compare import compare
+    from cli.generations import redis_of
+    from shared.keys import Generation
+
+    settings = get_settings()
+    gens = (Generation.named(args.compare[0]), Generation.named(args.compare[1]))
+    result = compare(settings, redis_of(settings), gens, args.k, args.by, args.sample, args.seed)
+    print(result.table())
     return 0
 
 
@@ -293,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--placeholder-min", type=int, default=5, metavar="N",
         help="with --hygiene: products sharing one image, or near-identical vectors, from "
         "which it is likely a placeholder (default 5)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--compare", nargs=2, metavar=("GEN", "GEN"),
+        help="precision of two index generations over the same queries, and how many top-k "
+        "lists change (reads Redis and the snapshots: LOOKALIKE_REDIS_URL; main: the first)",
     )  # fmt: skip
     ev.set_defaults(handler=cmd_evaluate, given=frozenset())
     generations.add_commands(commands)

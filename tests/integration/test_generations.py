@@ -117,6 +117,12 @@ def test_reindex_promote_and_roll_back_without_a_failed_request(stack):
     second_model = listing["g2"]["model_id"]
     assert second_model != first_model and listing["g2"]["indexed"] == 11
 
+    compared = cli(stack, "evaluate", "--compare", "main", "g2", "-k", "3")
+    assert compared.returncode == 0, compared.stderr
+    lines = compared.stdout.splitlines()
+    assert lines[0] == "precision@3 of generations main and g2 over the same 11 queries"
+    assert lines[-1].startswith("top-3 lists changed: ")
+
     promoted = cli(stack, "promote", "g2")
     assert promoted.returncode == 0, promoted.stderr
     assert promoted.stdout.strip() == "generation g2 now serves (11 of 11 products); main kept"
