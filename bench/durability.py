@@ -32,6 +32,7 @@ from cli.redis_server import free_port
 from cli.stack import stack_specs, start_embedded_redis
 from cli.supervisor import Supervisor
 from shared.settings import Settings
+from tests.support.stack import answers, wait_until
 
 Policy = Literal["everysec", "always"]
 POLICIES: tuple[Policy, Policy] = ("everysec", "always")
@@ -44,18 +45,6 @@ def jpeg(n: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), colour).save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not answer")
 
 
 def post_all(url: str, ids: range, threads: int, key: str | None) -> list[float]:
@@ -95,7 +84,7 @@ def one_round(root: Path, policy: Policy, uploads: int, threads: int) -> tuple[f
         supervisor.start()
         try:
             url = f"http://127.0.0.1:{port}"
-            wait_http(url + "/healthz")
+            wait_until(lambda: answers(url + "/healthz"), 60, "the API did not answer")
             post_all(url, range(-WARMUP, 0), threads, settings.client_api_key)
             began = time.perf_counter()
             seconds = post_all(url, range(uploads), threads, settings.client_api_key)

@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import redis
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -28,6 +27,7 @@ from cli.stack import stack_specs
 from cli.supervisor import Supervisor
 from shared import keys
 from shared.settings import Settings
+from tests.support.stack import answers, wait_until
 from workers.weights import write_random_weights
 
 IMPORT = """
@@ -50,18 +50,6 @@ def import_catalog(api: str, dataset: Path) -> dict[str, float]:
     )  # fmt: skip
     result: dict[str, float] = json.loads(output.stdout.strip().splitlines()[-1])
     return result
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not answer")
 
 
 def main() -> None:
@@ -87,7 +75,7 @@ def main() -> None:
     api.start()
     rows = []
     try:
-        wait_http(api_url + "/healthz")
+        wait_until(lambda: answers(api_url + "/healthz"), 60, "the API did not answer")
         for size in args.sizes:
             dataset = root / f"catalog{size}"
             write_demo_catalog(dataset, size, seed=size)

@@ -33,6 +33,7 @@ from cli.redis_server import RedisServer
 from shared.errors import ImageTooLarge, NotAnImage, TruncatedImage, UnsupportedImageFormat
 from shared.images import SUPPORTED_FORMATS
 from shared.settings import Settings
+from tests.support.images import make_jpegs
 
 WARMUP = 50
 Validate = Callable[[Any, Settings], bytes]
@@ -80,21 +81,6 @@ VARIANTS: dict[str, Validate] = {
     "old: full decode (baseline)": legacy_image_validation,
     "new: header only": validation.image,
 }
-
-
-def jpegs(count: int, width: int = 600, height: int = 800) -> list[bytes]:
-    """Distinct photo-like JPEGs: smooth colour fields plus noise, quality 90."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    blobs = []
-    for _ in range(count):
-        freq, phase = rng.uniform(0.005, 0.05, 3), rng.uniform(0, 6.3, 3)
-        rgb = np.stack([127 + 120 * np.sin(freq[c] * (xx + c * yy) + phase[c]) for c in range(3)])
-        pixels = np.clip(rgb.transpose(1, 2, 0) + rng.normal(0, 6, (height, width, 3)), 0, 255)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels.astype(np.uint8)).save(buffer, "JPEG", quality=90)
-        blobs.append(buffer.getvalue())
-    return blobs
 
 
 class Timed:
@@ -146,7 +132,7 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=200, help="timed posts per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each validation")
     args = parser.parse_args()
-    blobs = jpegs(args.uploads)
+    blobs = make_jpegs(args.uploads, 600, 800)
     original = validation.image
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as server:
         settings = Settings(redis_url=server.url, data_dir=Path(tmp) / "data")

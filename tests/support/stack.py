@@ -73,7 +73,7 @@ class Stack:
         env = {f"LOOKALIKE_{key.upper()}": str(value) for key, value in settings.items()}
         self._spawn(name, processes.api_server(f"127.0.0.1:{port}"), env)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(url + "/healthz"), 60, f"{name} did not start")
+        wait_until(lambda: answers(url + "/healthz"), 60, f"{name} did not start")
         self.api_urls.append(url)
         return url
 
@@ -102,7 +102,7 @@ class Stack:
             self.stop(name)
 
     def wait_ready(self, url: str, timeout: float = 120) -> None:
-        wait_until(lambda: _answers(url + "/readyz"), timeout, "the stack did not get ready")
+        wait_until(lambda: answers(url + "/readyz"), timeout, "the stack did not get ready")
 
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
@@ -128,7 +128,8 @@ class Stack:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether url answers 200 now."""
     try:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:

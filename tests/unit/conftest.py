@@ -43,6 +43,8 @@ def running_app(redis_url: str, data_dir: Path, **overrides: Any) -> Iterator[Fl
     limits = {"max_image_bytes": 50_000, "max_image_pixels": 1_000_000, "search_wait": 0.2}
     settings = Settings(redis_url=redis_url, data_dir=data_dir, **{**limits, **overrides})
     app = create_app(settings)
+    # As /readyz waits for it: until the replica has loaded, /similar and /search are 503s.
+    assert app.extensions["lookalike"].replica.loaded.wait(10), "the replica did not load"
     try:
         yield app
     finally:

@@ -29,18 +29,6 @@ JPEG = encode(pattern(64, 48, seed=1), "JPEG")
 FILTER_HINT = "filters are filter.<field>=<value>"
 
 
-def loaded(app: Flask) -> Flask:
-    """The app once its replica has loaded, as /readyz waits for: before, /similar is a 503."""
-    assert app.extensions["lookalike"].replica.loaded.wait(10), "the replica did not load"
-    return app
-
-
-@pytest.fixture
-def app(launch) -> Iterator[Flask]:
-    with launch() as app:
-        yield loaded(app)
-
-
 def post(client: FlaskClient, image: bytes | None = JPEG, **form: str):
     data: dict[str, object] = dict(form)
     if image is not None:
@@ -378,7 +366,7 @@ OVERLOADED_QUEUE = (
 
 def test_uploads_get_503_while_the_queue_is_full_and_nothing_is_stored(launch):
     with launch(max_queued=3) as app:
-        client = loaded(app).test_client()
+        client = app.test_client()
         assert [post(client, product_id=f"q{n}").status_code for n in range(3)] == [202] * 3
         too_large = app.config["MAX_CONTENT_LENGTH"] + 1  # a read body would be a 413
         responses = [
@@ -407,7 +395,7 @@ def maxmemory(server, value: int) -> Iterator[None]:
 
 def test_uploads_get_503_when_redis_memory_is_past_the_fraction(launch, redis_server):
     with launch(max_redis_memory_fraction=0.5) as app:
-        client = loaded(app).test_client()
+        client = app.test_client()
         used = int(redis.Redis.from_url(redis_server.url).info("memory")["used_memory"])
         limit = used * 3 // 2  # writes still fit: only our own limit refuses them
         with maxmemory(redis_server, limit):
@@ -433,7 +421,7 @@ def test_metrics_report_redis_memory(client, redis_server):
 
 def test_searches_beyond_the_waiting_limit_answer_202_at_once(launch):
     with launch(max_waiting_searches=1, search_wait=3) as app:
-        services = loaded(app).extensions["lookalike"]
+        services = app.extensions["lookalike"]
         with ThreadPoolExecutor(1) as pool:
             started = time.monotonic()
             waiting = pool.submit(search, app.test_client(), "3")
@@ -450,7 +438,7 @@ def test_searches_beyond_the_waiting_limit_answer_202_at_once(launch):
 def test_no_waiting_searches_means_every_search_is_202_at_once(launch):
     with launch(max_waiting_searches=0, search_wait=30) as app:
         started = time.monotonic()
-        assert search(loaded(app).test_client(), "3").status_code == 202
+        assert search(app.test_client(), "3").status_code == 202
         assert time.monotonic() - started < 2
 
 
@@ -553,7 +541,7 @@ def test_metadata_inside_the_limits_is_accepted(client, metadata):
 
 def test_nothing_of_a_search_outlives_the_search_ttl(launch, redis_server):
     with launch(search_ttl=120) as app:
-        client = loaded(app).test_client()
+        client = app.test_client()
         task_id = search(client, "3").get_json()["task_id"]
         product_task = post(client, product_id="p").get_json()["task_id"]
     stored = redis.Redis.from_url(redis_server.url)

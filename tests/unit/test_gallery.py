@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
-from flask import Flask
 
 from api.gallery import PAGE_SIZE
 from shared.model_id import RANDOM_MODEL_NOTICE
@@ -18,17 +16,6 @@ from tests.support.journal import journal
 RANDOM_MODEL = "resnet50-max-wrandom-0123456789abcdef-224nearest-caffe-float32"
 JPEG = encode(pattern(64, 48, seed=1), "JPEG")
 KEY_FIELD = 'name="api_key"'
-
-
-def loaded(app: Flask) -> Flask:
-    assert app.extensions["lookalike"].replica.loaded.wait(10), "the replica did not load"
-    return app
-
-
-@pytest.fixture
-def app(launch) -> Iterator[Flask]:
-    with launch() as app:
-        yield loaded(app)
 
 
 def upload(client, **form: str):
@@ -109,7 +96,7 @@ def test_upload_form_asks_for_an_api_key_only_when_keys_are_configured(client, l
     assert KEY_FIELD not in client.get("/").get_data(as_text=True)
     assert upload(client).status_code == 202  # no keys: open, as the API
     with launch(api_key="k1, k2") as keyed:
-        assert KEY_FIELD in loaded(keyed).test_client().get("/").get_data(as_text=True)
+        assert KEY_FIELD in keyed.test_client().get("/").get_data(as_text=True)
 
 
 @pytest.mark.parametrize(
@@ -124,7 +111,7 @@ def test_upload_form_asks_for_an_api_key_only_when_keys_are_configured(client, l
 )
 def test_upload_search_needs_an_api_key_when_keys_are_configured(launch, form, headers, status):
     with launch(api_key="k1, k2") as app:
-        client = loaded(app).test_client()
+        client = app.test_client()
         data = {"k": "5", "image": (io.BytesIO(JPEG), "q.jpg"), **form}
         response = client.post("/", data=data, headers=headers)
         assert response.status_code == status
@@ -135,7 +122,7 @@ def test_upload_search_needs_an_api_key_when_keys_are_configured(launch, form, h
 
 def test_upload_search_gets_503_while_the_queue_is_full(launch):
     with launch(max_queued=1) as app:
-        client = loaded(app).test_client()
+        client = app.test_client()
         assert upload(client).status_code == 202
         response = upload(client)
         assert response.status_code == 503
@@ -162,7 +149,7 @@ def test_gallery_fields_are_translated_to_metadata_filters(app, client):
 def test_upload_search_without_a_free_waiting_slot_is_202_at_once(launch):
     with launch(max_waiting_searches=0, search_wait=30) as app:
         started = time.monotonic()
-        response = upload(loaded(app).test_client())
+        response = upload(app.test_client())
         assert response.status_code == 202
         assert time.monotonic() - started < 2
         assert alert(response).startswith("still embedding the image (task ")

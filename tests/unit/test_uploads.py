@@ -8,7 +8,6 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -30,17 +29,6 @@ JPEG = encode(BASE, "JPEG")
 PNG = encode(BASE, "PNG")
 LARGE = encode(pattern(600, 400, seed=2), "JPEG", quality=60)
 WRONG = "not an image: the data is in no format we can read"
-
-
-def loaded(app: Flask) -> Flask:
-    assert app.extensions["lookalike"].replica.loaded.wait(10), "the replica did not load"
-    return app
-
-
-@pytest.fixture
-def app(launch) -> Iterator[Flask]:
-    with launch() as app:
-        yield loaded(app)
 
 
 def with_size(jpeg: bytes, width: int, height: int) -> bytes:
@@ -165,7 +153,7 @@ def finish_search_as_the_worker_does(app: Flask, thumbnail: bytes) -> threading.
 
 def test_the_gallery_shows_the_thumbnail_the_worker_kept_for_the_search(launch):
     with launch(search_wait=10) as app:
-        journal(loaded(app), 6)
+        journal(app, 6)
         thumbnail = encode(pattern(40, 30, seed=8), "JPEG")
         worker = finish_search_as_the_worker_does(app, thumbnail)
         data = {"k": "3", "image": (io.BytesIO(LARGE), "query.jpg")}
