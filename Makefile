@@ -48,6 +48,8 @@ check: install
 
 bench: install
 	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/index.py
 	$(BIN)/python bench/importer.py
 	$(BIN)/python bench/gallery.py

@@ -45,7 +45,7 @@ class UnsupportedImageFormat(InvalidImage):
 
 
 class WeightsUnavailable(LookalikeError):
-    """The model weights cannot be found or downloaded."""
+    """The model cannot run here: no weights, or its backend or decoder is missing."""
 
     code = "weights_unavailable"
     http_status = 503

@@ -4,6 +4,7 @@ bounded memory (one full-size image at a time, plus strips)."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,13 @@ from shared.errors import (
 )
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+
+# LOOKALIKE_DECODE: "exact" decodes every pixel, as keras.utils.load_img does; "reduced" lets
+# libjpeg scale a JPEG down while decoding it (its DCT scaling: 1/2, 1/4 or 1/8, PIL's
+# Image.draft) to the smallest scale that is still at least the model's input size on both
+# sides, and then resizes the same way. Other formats decode exactly in either mode.
+DECODE_MODES = ("exact", "reduced")
+_REDUCIBLE_FORMATS = frozenset({"JPEG", "MPO"})
 
 # The same filters, by the same names, as keras.utils.load_img(interpolation=...).
 INTERPOLATIONS = {
@@ -79,6 +87,13 @@ _decodes = 0
 _decodes_lock = threading.Lock()
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def decode_count() -> int:
     """How many images this process has decoded to pixels (each upload must cost one)."""
     return _decodes
@@ -127,10 +142,19 @@ def decode_cost(image: Image.Image) -> float:
     return cost
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode bytes into a loaded PIL image (first frame), refusing bad or oversized input."""
+def open_image(
+    data: bytes,
+    max_pixels: int,
+    reduce_to: int | None = None,
+    thumbnail_side: int | None = None,
+) -> Image.Image:
+    """Decode bytes into a loaded PIL image (first frame), refusing bad or oversized input.
+    With reduce_to (the "reduced" mode), a JPEG is scaled down while it is decoded, to no less
+    than reduce_to on both sides (see reduced_size); other formats are decoded whole."""
     global _decodes
-    image = check_header(data, max_pixels)
+    image = check_header(data, max_pixels)  # limits apply to the full size, in either mode
+    if reduce_to is not None and image.format in _REDUCIBLE_FORMATS:
+        image.draft(None, reduced_size(*image.size, reduce_to, thumbnail_side))
     try:
         image.load()
     except _DECODE_ERRORS as exc:
@@ -138,6 +162,18 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     with _decodes_lock:
         _decodes += 1
     return image
+
+
+def reduced_size(
+    width: int, height: int, size: int, thumbnail_side: int | None = None
+) -> tuple[int, int]:
+    """The size to ask Image.draft for in "reduced" mode: it picks the largest scale (1, 1/2,
+    1/4, 1/8) whose result is at least this on both sides, so the model's size x size input,
+    and, when a thumbnail is made from the same decode, its longest side too (so the thumbnail
+    keeps its size; a 3:4 photo needs no more than the model does)."""
+    if not thumbnail_side or thumbnail_side <= size:
+        return (size, size)
+    return (thumbnail_side, size) if width >= height else (size, thumbnail_side)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -242,10 +278,12 @@ def decode(
     interpolation: str = "nearest",
     max_pixels: int = 40_000_000,
     thumbnail_side: int | None = None,
+    mode: str = "exact",
 ) -> Decoded:
-    """Decode once; the model input and the thumbnail (when asked for) both come from it."""
-    image = open_image(data, max_pixels)
-    orientation = _orientation(image) if thumbnail_side else None
+    """Decode once; the model input and the thumbnail (when asked for) both come from it.
+    mode is one of DECODE_MODES."""
+    image = open_image(data, max_pixels, _reduction(mode, size), thumbnail_side)
+    orientation = exif_orientation(image) if thumbnail_side else None
     if image.mode in _WIDE_MODES:
         image = to_8bit(image)  # the wide original is dropped here: one full-size image left
     elif interpolation != "nearest" and image.mode not in ("RGB", "L"):
@@ -255,7 +293,15 @@ def decode(
     return Decoded(pixels, small)
 
 
-def _orientation(image: Image.Image) -> int | None:
+def _reduction(mode: str, size: int) -> int | None:
+    """The size a decode may reduce a JPEG to in this mode (None: decode it whole)."""
+    if mode not in DECODE_MODES:
+        raise ValueError(f"unknown decode mode {mode!r}: use one of {', '.join(DECODE_MODES)}")
+    return size if mode == "reduced" else None
+
+
+def exif_orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation tag of an opened image (None when absent or unreadable)."""
     try:
         value: Any = image.getexif().get(_EXIF_ORIENTATION)
     except _DECODE_ERRORS:  # a broken EXIF block costs the picture its rotation, nothing more
@@ -264,10 +310,14 @@ def _orientation(image: Image.Image) -> int | None:
 
 
 def decode_to_array(
-    data: bytes, size: int = 224, interpolation: str = "nearest", max_pixels: int = 40_000_000
+    data: bytes,
+    size: int = 224,
+    interpolation: str = "nearest",
+    max_pixels: int = 40_000_000,
+    mode: str = "exact",
 ) -> np.ndarray:
     """Image bytes to a (size, size, 3) uint8 RGB array, ready for the model."""
-    return decode(data, size, interpolation, max_pixels).pixels
+    return decode(data, size, interpolation, max_pixels, mode=mode).pixels
 
 
 class ImageDecoder:
@@ -280,15 +330,19 @@ class ImageDecoder:
         max_pixels: int,
         threads: int = 2,
         thumbnail_side: int | None = None,
+        mode: str = "exact",
     ) -> None:
+        _reduction(mode, size)  # an unknown mode is refused here, not on each image
         self.size = size
         self.interpolation = interpolation
         self.max_pixels = max_pixels
         self.thumbnail_side = thumbnail_side
+        self.mode = mode
+        self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     def decode(self, data: bytes) -> np.ndarray:
-        return decode_to_array(data, self.size, self.interpolation, self.max_pixels)
+        return decode_to_array(data, self.size, self.interpolation, self.max_pixels, self.mode)
 
     def decode_many(self, blobs: Iterable[bytes]) -> list[np.ndarray | Exception]:
         """Decode each blob; a bad one yields its exception in place, never failing the rest."""
@@ -304,7 +358,7 @@ class ImageDecoder:
         return [future.result() for future in futures]
 
     def _decode_both(self, data: bytes) -> Decoded:
-        args = (self.size, self.interpolation, self.max_pixels, self.thumbnail_side)
+        args = (self.size, self.interpolation, self.max_pixels, self.thumbnail_side, self.mode)
         return decode(data, *args)
 
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from shared.settings import Settings
+if TYPE_CHECKING:  # not at run time: bench/gpu imports this where pydantic is not installed
+    from shared.settings import Settings
+
 
 ARCHITECTURE = "resnet50"
 EMBEDDING_DIM = 2048
 PREPROCESSING = "caffe"  # keras.applications.resnet50.preprocess_input: RGB->BGR, mean subtracted
 IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RANDOM_WEIGHTS = "wrandom-"
+# The Keras backend (KERAS_BACKEND) is named in the id only in the precisions where it changes
+# the vectors: float32 on JAX gives TensorFlow's vectors to cosine >= 0.99999 (measured:
+# tests/integration/test_embedder.py, README "Preprocessing and parity"), mixed precision not.
+DEFAULT_BACKEND = "tensorflow"
+BACKEND_IN_ID = frozenset({"bfloat16", "float16"})
 RANDOM_MODEL_NOTICE = (
     "demo model: seeded random weights, not ImageNet, so neighbours show how the service works, "
     "not visual similarity. For real recommendations set LOOKALIKE_WEIGHTS to "
@@ -35,19 +43,24 @@ def weights_digest(path: Path) -> str:
     return _file_digest(path.resolve(), stat.st_size, stat.st_mtime_ns)[:16]
 
 
-def model_id(settings: Settings, weights_file: Path, random: bool = False) -> str:
-    """e.g. resnet50-max-w3f2a...-224nearest-caffe-float32; changes when any part changes."""
+def model_id(
+    settings: Settings, weights_file: Path, random: bool = False, backend: str = DEFAULT_BACKEND
+) -> str:
+    """e.g. resnet50-max-w3f2a...-224nearest-caffe-float32; changes when any part changes.
+
+    Parts that are left out at their default, so that ids made before they existed still
+    match: the decode mode ("-reduced" after the input size: LOOKALIKE_DECODE=reduced) and the
+    Keras backend, which is named only where it changes the vectors (BACKEND_IN_ID).
+    """
     weights = (RANDOM_WEIGHTS if random else "w") + weights_digest(weights_file)
-    return "-".join(
-        [
-            ARCHITECTURE,
-            settings.pooling,
-            weights,
-            f"{settings.image_size}{settings.interpolation}",
-            PREPROCESSING,
-            settings.precision,
-        ]
-    )
+    parts = [ARCHITECTURE, settings.pooling, weights]
+    parts.append(f"{settings.image_size}{settings.interpolation}")
+    if settings.decode != "exact":
+        parts.append(settings.decode)
+    parts += [PREPROCESSING, settings.precision]
+    if backend != DEFAULT_BACKEND and settings.precision in BACKEND_IN_ID:
+        parts.append(backend)
+    return "-".join(parts)
 
 
 def is_random_model(model: str | None) -> bool:

@@ -50,7 +50,17 @@ class Settings(BaseSettings):
     interpolation: Interpolation = Field(
         "nearest", description="Resize filter; 'nearest' is what keras load_img uses."
     )
-    decode_threads: int = Field(2, ge=1, le=64, description="Threads decoding images.")
+
+    # Engine and decoding.
+    decode_threads: int = Field(
+        0, ge=0, le=256, description="Threads decoding images; 0: one per core."
+    )
+    decode: Literal["exact", "reduced", "gpu"] = Field(
+        "exact",
+        description="'exact' decodes every pixel, as the reference does; 'reduced' lets libjpeg "
+        "scale a JPEG down while decoding (to no less than image_size); 'gpu' decodes JPEGs in "
+        "batches on the GPU with nvImageCodec (KERAS_BACKEND=jax). Part of the model id.",
+    )
 
     # Input limits.
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused.")

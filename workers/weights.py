@@ -7,10 +7,13 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.errors import WeightsUnavailable
 from shared.model_id import IMAGENET_NOTOP_FILE
-from shared.settings import Settings
+
+if TYPE_CHECKING:  # not at run time: bench/gpu imports this where pydantic is not installed
+    from shared.settings import Settings
 
 # Where keras.applications.ResNet50(weights="imagenet") downloads the file from, and its digest.
 IMAGENET_ORIGIN = (

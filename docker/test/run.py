@@ -277,7 +277,11 @@ def scale_and_kill(stack: Stack) -> None:
 
 
 def gpu_image_imports() -> None:
-    code = "import tensorflow, workers.embedder, workers.embedding, api.app; print('ok')"
+    # The JAX backend and the GPU decoder import (no GPU here: nothing is run on one).
+    code = (
+        "import jax, keras, nvidia.nvimgcodec, workers.embedder, workers.embedding, api.app; "
+        "assert keras.backend.backend() == 'jax', keras.backend.backend(); print('ok')"
+    )
     result = run("docker", "run", "--rm", "-e", "LOOKALIKE_REDIS_URL=redis://none:6379/0",
                  IMAGES["gpu"][0], "python", "-c", code, check=False)  # fmt: skip
     assert result.stdout.strip().endswith("ok"), result.stdout + result.stderr

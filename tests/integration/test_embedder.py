@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
+import json
 import re
 import subprocess
 import sys
@@ -17,13 +19,13 @@ from PIL import Image
 
 from shared import keys
 from shared.errors import NotAnImage, UndecodableImage, WeightsUnavailable
-from shared.images import decode, decode_count, open_image
+from shared.images import DECODE_MODES, decode, decode_count, open_image
 from shared.model_id import is_random_model, model_id
 from shared.settings import Settings
 from tests.support.client import post_product, product_image, wait_task
 from tests.support.images import encode, pattern, varied_images
 from tests.support.stack import Stack
-from workers.embedder import Embedded, Embedder, get_embedder
+from workers.embedder import Embedded, Embedder, available_cores, get_embedder
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -303,3 +305,119 @@ def test_the_gallery_shows_the_search_thumbnail_the_worker_kept(slow_batches):
     (key,) = client.keys(keys.query_thumbnail("*"))
     (vector,) = client.keys(keys.query_vector("*"))
     assert abs(client.ttl(key) - client.ttl(vector)) <= 1  # kept as long as the query vector
+
+
+# Engine backends (KERAS_BACKEND) and decode modes (LOOKALIKE_DECODE).
+
+# Runs in a subprocess with KERAS_BACKEND=jax (Keras takes one backend per process): the float32
+# vectors through `lookalike embed`, then a bfloat16 engine on the same images.
+JAX_SIDE = """
+import json, sys
+import numpy as np
+from cli.main import main
+out, mixed_out, *paths = sys.argv[1:]
+if main(["embed", *paths, "--out", out, "-q"]) != 0:
+    sys.exit("lookalike embed failed")
+from shared.settings import Settings
+from workers.embedder import Embedder
+mixed = Embedder(Settings(precision="bfloat16"))
+np.save(mixed_out, np.stack(mixed.embed_bytes([open(p, "rb").read() for p in paths])))
+print(json.dumps({"backend": mixed.backend, "mixed_id": mixed.model_id,
+                  "tensorflow": any(m.split(".")[0] == "tensorflow" for m in sys.modules)}))
+"""
+
+
+def test_jax_backend_gives_the_default_backend_s_vectors(settings, embedder, image_files, tmp_path):
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip(
+            "jax is not installed (pip install -e '.[jax]' or '.[dev]'): the JAX "
+            "backend's parity with TensorFlow cannot be checked here"
+        )
+    out, mixed_out = tmp_path / "jax.npy", tmp_path / "jax-bfloat16.npy"
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_SIDE, str(out), str(mixed_out), *map(str, image_files)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**_env(settings), "KERAS_BACKEND": "jax", "LOOKALIKE_BATCH_SIZE": "8"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert report["backend"] == "jax"
+    assert not report["tensorflow"]  # the JAX engine never loads TensorFlow
+    # float32: the same vectors, so the same model id (the backend is not part of it)
+    assert lines[0].endswith(f"({embedder.model_id})")
+    ours = np.stack(embedder.embed_bytes([path.read_bytes() for path in image_files]))  # type: ignore[arg-type]
+    jax_vectors = np.load(out)
+    assert jax_vectors.dtype == np.float32 and jax_vectors.shape == ours.shape
+    assert cosine_rows(jax_vectors, ours).min() >= 0.99999
+    # mixed precision differs by backend (measured: bfloat16 JAX vs TensorFlow ~0.99998), so
+    # its id names the backend; it stays within mixed precision's tolerance of float32
+    assert report["mixed_id"] == embedder.model_id.replace("float32", "bfloat16") + "-jax"
+    assert cosine_rows(np.load(mixed_out), ours).min() >= 0.999
+
+
+def test_model_id_names_the_decode_mode_and_the_backend_only_where_vectors_change(weights_file):
+    exact = Settings(weights=str(weights_file))
+    reduced = Settings(weights=str(weights_file), decode="reduced")
+    mixed = Settings(weights=str(weights_file), precision="bfloat16")
+    base = model_id(exact, weights_file)
+    assert base == model_id(exact, weights_file, backend="tensorflow")  # ids made before
+    assert model_id(reduced, weights_file) == base.replace("224nearest", "224nearest-reduced")
+    assert model_id(exact, weights_file, backend="jax") == base
+    for precision in ("bfloat16", "float16"):
+        other = Settings(weights=str(weights_file), precision=precision)
+        assert model_id(other, weights_file, backend="jax") == (
+            model_id(other, weights_file) + "-jax"
+        )
+    assert model_id(mixed, weights_file, backend="jax") != model_id(mixed, weights_file)
+
+
+def test_reduced_decoding_changes_only_large_jpegs_and_the_model_id(
+    weights_file, embedder, image_files
+):
+    reduced = Embedder(Settings(weights=str(weights_file), batch_size=8, decode="reduced"))
+    assert reduced.model_id == embedder.model_id.replace("-224nearest-", "-224nearest-reduced-")
+    blobs = [path.read_bytes() for path in image_files]
+    ours = np.stack(reduced.embed_bytes(blobs))  # type: ignore[arg-type]
+    exact = np.stack(embedder.embed_bytes(blobs))  # type: ignore[arg-type]
+    names = [path.name for path in image_files]
+    large = names.index("large.jpg")  # the only JPEG of at least twice the input size
+    others = [i for i in range(len(names)) if i != large]
+    assert np.array_equal(ours[others], exact[others])
+    assert cosine_rows(ours[[large]], exact[[large]])[0] < 1.0  # its vector moved...
+    # ...because its model input did: the same picture, its pixel noise averaged by the reduced
+    # decode where nearest picks single pixels (random weights' cosines say little here: distinct
+    # photos score 0.99 on them; bench/decode.py measures near-duplicate search)
+    inputs = [decode(blobs[large], mode=mode).pixels.ravel() for mode in DECODE_MODES]
+    assert not np.array_equal(*inputs)
+    assert np.corrcoef(*inputs)[0, 1] > 0.9
+
+
+def test_decode_threads_default_to_one_per_core(embedder):
+    assert embedder.settings.decode_threads == 0
+    assert embedder.decoder._pool._max_workers == available_cores()
+
+
+def test_the_engine_imports_without_pydantic_or_tensorflow():
+    # bench/gpu builds the engine's forward where only JAX, numpy and Pillow are installed.
+    code = (
+        "import sys\n"
+        "for name in ('pydantic', 'pydantic_settings', 'tensorflow'): sys.modules[name] = None\n"
+        "import workers.embedder, workers.weights, shared.images, shared.model_id\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_gpu_decoding_on_tensorflow_is_refused_before_the_model_loads(weights_file):
+    with pytest.raises(WeightsUnavailable) as caught:
+        Embedder(Settings(weights=str(weights_file), decode="gpu"))
+    assert str(caught.value) == (
+        "LOOKALIKE_DECODE=gpu runs on the JAX backend (the pixels stay in GPU memory, shared "
+        "through DLPack): set KERAS_BACKEND=jax, not 'tensorflow'"
+    )

@@ -469,11 +469,14 @@ def test_gpu_service_requests_an_nvidia_device_in_the_gpu_profile() -> None:
         assert "profiles" not in SERVICES[name], f"{name} must start without a profile"
 
 
-def test_gpu_image_defaults_to_float16_and_larger_batches() -> None:
+def test_gpu_image_runs_the_measured_gpu_settings() -> None:
     env = environment("embed-gpu")
-    assert env["LOOKALIKE_PRECISION"] == "float16"
-    assert int(env["LOOKALIKE_BATCH_SIZE"]) == 64
-    assert "LOOKALIKE_PRECISION" not in environment("embed"), "CPU workers keep the default"
+    assert env["KERAS_BACKEND"] == "jax"
+    assert env["LOOKALIKE_PRECISION"] == "bfloat16"
+    assert int(env["LOOKALIKE_BATCH_SIZE"]) == 256
+    assert env["LOOKALIKE_DECODE"] == "gpu"
+    for name in ("LOOKALIKE_PRECISION", "LOOKALIKE_DECODE", "KERAS_BACKEND"):
+        assert name not in environment("embed"), f"CPU workers keep the default {name}"
 
 
 # --- tests: the Dockerfiles ------------------------------------------------------------------
@@ -497,7 +500,8 @@ def test_dockerfile_runs_as_a_user_on_python_311_slim(dockerfile: Path) -> None:
     final = stages[-1]
     assert final.last("USER") not in (None, "root", "0")
     installs = " ".join(run for stage in stages for run in stage.all("RUN"))
-    assert "pip-install ." in installs  # docker/pip-install.sh: pip install --no-cache-dir
+    # docker/pip-install.sh: pip install --no-cache-dir; the project, with the GPU extra or not
+    assert re.search(r'pip-install (\.|"\.\[[a-z-]+\]")', installs)
     assert "pip install --no-cache-dir" in (ROOT / "docker" / "pip-install.sh").read_text()
     assert final.all("COPY")[0].startswith("--from="), "the runtime stage takes the built venv"
 
@@ -512,14 +516,13 @@ def test_cpu_image_serves_the_api_with_its_data_dir_on_a_volume() -> None:
     assert argv[argv.index("--bind") + 1] == "0.0.0.0:8000"
 
 
-def test_gpu_image_pins_the_tensorflow_range_of_pyproject() -> None:
+def test_gpu_image_installs_the_project_s_jax_cuda_extra() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    tensorflow = next(
-        dep for dep in pyproject["project"]["dependencies"] if re.match(r"tensorflow\b", dep)
-    )
-    wanted = tensorflow.removeprefix("tensorflow").replace(" ", "")
+    extra = pyproject["project"]["optional-dependencies"]["jax-cuda"]
+    assert any(re.match(r"jax\[cuda\d+\]", dep) for dep in extra)
+    assert any(dep.startswith("nvidia-nvimgcodec") for dep in extra)
     runs = " ".join(parse_dockerfile(DOCKERFILES[1])[0].all("RUN"))
-    assert f'"tensorflow[and-cuda]{wanted}"' in runs
+    assert runs.count('pip-install ".[jax-cuda]"') == 2  # the cached layer and the project
 
 
 def test_dockerfile_parser_joins_continuations_and_skips_comments(tmp_path: Path) -> None:

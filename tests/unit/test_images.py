@@ -12,6 +12,7 @@ from shared.errors import (
     UnsupportedImageFormat,
 )
 from shared.images import (
+    DECODE_MODES,
     INTERPOLATIONS,
     Decoded,
     ImageDecoder,
@@ -22,6 +23,7 @@ from shared.images import (
     decode_to_array,
     model_input,
     open_image,
+    reduced_size,
     thumbnail,
     to_8bit,
     to_rgb,
@@ -340,3 +342,116 @@ def test_images_whose_decoder_needs_more_memory_get_fewer_pixels(data, message):
 def test_images_within_the_budget_get_the_whole_pixel_limit():
     data = encode(pattern(1000, 1000), "JPEG", progressive=True)  # 7 bytes a pixel: within 8
     assert check_header(data, 1_000_000).size == (1000, 1000)
+
+
+# LOOKALIKE_DECODE=reduced: JPEG reduce-on-decode (Image.draft), then the same resize.
+
+
+def drafted(data: bytes, size: int = 224) -> Image.Image:
+    """What reduce-on-decode is, written out with PIL: draft, load, RGB."""
+    image = Image.open(io.BytesIO(data))
+    image.draft(None, (size, size))
+    return image.convert("RGB")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "decoded"),
+    [
+        (1800, 2400, (225, 300)),  # 1/8: 225 >= 224 on the short side
+        (1792, 2400, (224, 300)),  # 1/8 exactly
+        (1791, 2400, (448, 600)),  # 1/8 would give 223.9: 1/4
+        (1080, 1440, (270, 360)),  # 1/4
+        (600, 800, (300, 400)),  # 1/2
+        (447, 2000, (447, 2000)),  # under twice the input on one side: whole
+        (3000, 300, (3000, 300)),
+    ],
+)
+def test_reduced_mode_decodes_a_jpeg_at_the_smallest_scale_still_covering_the_input(
+    width, height, decoded
+):
+    data = encode(pattern(width, height, seed=2), "JPEG", quality=85)
+    assert open_image(data, 40_000_000, reduce_to=224).size == decoded
+    assert open_image(data, 40_000_000).size == (width, height)
+
+
+def test_reduced_mode_is_the_drafted_decode_resized_as_exact_resizes():
+    data = encode(pattern(1800, 2400, seed=3), "JPEG", quality=90)
+    expected = np.asarray(drafted(data).resize((224, 224), Image.Resampling.NEAREST))
+    reduced = decode_to_array(data, mode="reduced")
+    assert np.array_equal(reduced, expected)
+    exact = decode_to_array(data, mode="exact")
+    assert np.array_equal(exact, decode_to_array(data))  # exact is the default
+    # Not exact's bytes: DCT scaling averages each block where exact picks one pixel.
+    assert not np.array_equal(reduced, exact)
+
+
+@pytest.mark.parametrize("name", sorted(varied_images()))
+def test_reduced_mode_changes_only_jpegs_large_enough_to_reduce(name):
+    data = varied_images()[name]
+    same = np.array_equal(decode_to_array(data, mode="reduced"), decode_to_array(data))
+    assert same == (name != "large.jpg")  # the only JPEG of at least 448x448
+
+
+def test_reduced_mode_keeps_other_resize_filters_and_mpo_frames():
+    data = encode(pattern(1000, 1200, seed=4), "JPEG")
+    bilinear = decode_to_array(data, interpolation="bilinear", mode="reduced")
+    expected = drafted(data).resize((224, 224), Image.Resampling.BILINEAR)
+    assert np.array_equal(bilinear, np.asarray(expected))
+    frames = [pattern(900, 900, seed=seed) for seed in (5, 6)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "MPO", save_all=True, append_images=frames[1:])
+    first = encode(frames[0], "JPEG")
+    assert open_image(buffer.getvalue(), 40_000_000, reduce_to=224).size == (225, 225)
+    difference = decode_to_array(buffer.getvalue(), mode="reduced").astype(int)
+    difference -= decode_to_array(first, mode="reduced")
+    assert np.abs(difference).mean() < 2  # the first frame, as in exact mode
+
+
+@pytest.mark.parametrize(
+    ("size", "thumbnail_side", "expected"),
+    [
+        ((1800, 2400), None, (224, 224)),
+        ((1800, 2400), 256, (224, 256)),  # still 1/8 (2400 / 256 > 8): the model decides
+        ((2400, 1800), 256, (256, 224)),
+        ((1800, 1800), 256, (256, 224)),  # 1/4: a 1/8 decode would leave a 225-px thumbnail
+        ((1800, 2400), 128, (224, 224)),
+    ],
+)
+def test_the_reduced_size_also_keeps_the_thumbnail_s_size(size, thumbnail_side, expected):
+    assert reduced_size(*size, 224, thumbnail_side) == expected
+
+
+@pytest.mark.parametrize("size", [(1800, 2400), (1800, 1800), (2400, 1000)])
+def test_reduced_mode_thumbnails_have_the_exact_mode_s_size(size):
+    data = encode(pattern(*size, seed=7), "JPEG", quality=85)
+    exact = decode(data, thumbnail_side=256)
+    reduced = decode(data, thumbnail_side=256, mode="reduced")
+    assert (
+        jpeg_thumbnail(reduced.thumbnail or b"").size == jpeg_thumbnail(exact.thumbnail or b"").size
+    )
+    # the model input is the same as without a thumbnail where the scale is the same
+    if size != (1800, 1800):
+        assert np.array_equal(reduced.pixels, decode_to_array(data, mode="reduced"))
+
+
+def test_reduced_mode_checks_the_full_size_against_the_limits():
+    data = encode(pattern(2000, 2000, seed=8), "JPEG")
+    with pytest.raises(ImageTooLarge, match="2000x2000 is 4000000 pixels"):
+        decode_to_array(data, max_pixels=3_000_000, mode="reduced")
+    with pytest.raises(UndecodableImage):
+        decode_to_array(data[: len(data) // 2], mode="reduced")
+
+
+def test_the_decoder_pool_decodes_in_its_mode_and_refuses_unknown_modes():
+    blobs = [encode(pattern(1200, 1600, seed=n), "JPEG") for n in range(3)]
+    decoder = ImageDecoder(224, "nearest", 40_000_000, threads=2, mode="reduced")
+    before = decode_count()
+    arrays = decoder.decode_many(blobs)
+    assert decode_count() - before == 3
+    for blob, array in zip(blobs, arrays, strict=True):
+        assert np.array_equal(array, decode_to_array(blob, mode="reduced"))
+    assert DECODE_MODES == ("exact", "reduced")
+    with pytest.raises(ValueError, match="unknown decode mode 'fast': use one of exact, reduced"):
+        ImageDecoder(224, "nearest", 40_000_000, mode="fast")
+    with pytest.raises(ValueError, match="unknown decode mode"):
+        decode_to_array(blobs[0], mode="fast")
