@@ -11,12 +11,13 @@ import redis
 from shared import keys
 from shared.catalog import Catalog
 from shared.follower import catch_up, read_after, trimmed_past
-from shared.journal import position_key
+from shared.journal import START, position_key
 from shared.keys import MAIN, Generation
 from shared.settings import Settings
 from shared.snapshots import open_store
 
 log = logging.getLogger(__name__)
+REBASE = 5.0  # seconds between two looks for a newer snapshot while the small graph grows
 
 
 class Replica:
@@ -32,8 +33,10 @@ class Replica:
         self.client = client
         self.gen = MAIN
         self.store = open_store(settings)
-        self.catalog = Catalog(settings)
+        self.catalog = Catalog(settings, layered=True)
         self.previous: Catalog | None = None
+        self._rebase_checked = time.monotonic()
+        self._rebase_tried: str | None = None  # the newest snapshot a rebase last looked at
         self.loaded = threading.Event()
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -70,6 +73,37 @@ class Replica:
                 continue  # what we missed was in a newer snapshot, now loaded
             catalog.apply(entries)
             self.last_error = None
+            self._maybe_rebase()
+
+    def _maybe_rebase(self) -> None:
+        """Load the writer's newer snapshot, if there is one, in place of the small graph the
+        replica built since its own (it never rebuilds what the writer built)."""
+        if self.catalog.overlay_items == 0 or time.monotonic() - self._rebase_checked < REBASE:
+            return
+        self._rebase_checked = time.monotonic()
+        snapshots = self.store.snapshots()
+        base = self.catalog.base_position or START
+        if not snapshots or position_key(snapshots[0].position) <= position_key(base):
+            return
+        if snapshots[0].name == self._rebase_tried:
+            return  # it did not load, or came too late: wait for a newer one
+        self._rebase_tried = snapshots[0].name
+        started = time.perf_counter()
+        fresh, _ = Catalog.restore(self.settings, self.store, layered=True)
+        loaded_at = fresh.position
+        # The newest snapshot may not load (load_newest then falls back to an older one): move
+        # only forward, and only onto a snapshot the journal still follows on from, or entries
+        # trimmed since it would be missing.
+        if position_key(loaded_at) <= position_key(base):
+            return
+        catch_up(self.client, fresh, self.gen)
+        if trimmed_past(self.client, loaded_at, self.gen):
+            return
+        self.catalog = fresh
+        log.info(
+            "replica moved onto snapshot %s: %d items, %d since it, in %.2fs",
+            snapshots[0].name, len(fresh), fresh.overlay_items, time.perf_counter() - started,
+        )  # fmt: skip
 
     def serving(self) -> Generation:
         """The generation Redis says API replicas serve."""
@@ -80,7 +114,7 @@ class Replica:
         """Load gen whole (snapshot, then the journal to its head), then serve it."""
         started = time.perf_counter()
         store = open_store(self.settings, gen)
-        fresh, _ = Catalog.restore(self.settings, store)
+        fresh, _ = Catalog.restore(self.settings, store, layered=True)
         catch_up(self.client, fresh, gen)
         self.previous, self.store, self.gen, self.catalog = self.catalog, store, gen, fresh
         log.info(
@@ -89,7 +123,7 @@ class Replica:
         )  # fmt: skip
 
     def _reload_helps(self, before: str) -> bool:
-        fresh, _ = Catalog.restore(self.settings, self.store)
+        fresh, _ = Catalog.restore(self.settings, self.store, layered=True)
         if position_key(fresh.position) > position_key(before):
             self.catalog = fresh
             log.info("replica reloaded %d items at %s", len(fresh), fresh.position)
@@ -104,7 +138,7 @@ class Replica:
         started = time.perf_counter()
         self.gen = self.serving()
         self.store = open_store(self.settings, self.gen)
-        self.catalog, _ = Catalog.restore(self.settings, self.store)
+        self.catalog, _ = Catalog.restore(self.settings, self.store, layered=True)
         self.loaded.set()
         log.info(
             "replica loaded %d items at %s in %.2fs",

@@ -12,6 +12,7 @@ import numpy as np
 
 from shared.index import Projection, VectorIndex, unusable_reason
 from shared.journal import START, JournalEntry
+from shared.layered import LayeredIndex
 from shared.model_id import EMBEDDING_DIM
 from shared.settings import Settings
 from shared.snapshots import Loaded, Snapshot, SnapshotStore
@@ -23,9 +24,19 @@ Hit = dict[str, Any]
 class Catalog:
     """Vectors and metadata at one journal position; snapshot + later entries = the index."""
 
-    def __init__(self, settings: Settings, index: VectorIndex | None = None) -> None:
+    def __init__(
+        self, settings: Settings, index: VectorIndex | None = None, layered: bool = False
+    ) -> None:
         self.settings = settings
-        self.index = index
+        # An API replica's: changes go to a small graph over the snapshot's (shared.layered).
+        # Not in the reduced-memory mode, nor over a snapshot projected by it (the index's
+        # space wins over the settings', see _check_dims): the replica builds those whole.
+        self.layered = (
+            layered and settings.index_dims == 0 and (index is None or index.projection is None)
+        )
+        self.index: VectorIndex | LayeredIndex | None = index
+        if self.layered and index is not None:
+            self.index = LayeredIndex(settings, index, index.dim, index.model_id)
         self.position = START if index is None else (index.journal_position or START)
         # The journal number of the entry at position (None: unknown, before numbering).
         self.seq: int | None = None if index is None else index.extra.get("seq")
@@ -40,11 +51,23 @@ class Catalog:
             self._check_dims(index)
 
     @classmethod
-    def restore(cls, settings: Settings, store: SnapshotStore) -> tuple[Catalog, Loaded]:
+    def restore(
+        cls, settings: Settings, store: SnapshotStore, layered: bool = False
+    ) -> tuple[Catalog, Loaded]:
         """The catalog of the newest snapshot that loads (empty when none does), and how the
         snapshots fared: the caller applies the journal after catalog.position."""
         loaded = store.load_newest(ef_search=settings.hnsw_ef_search)
-        return cls(settings, loaded.index), loaded
+        return cls(settings, loaded.index, layered), loaded
+
+    @property
+    def base_position(self) -> str | None:
+        """A replica's: the position of the snapshot its small graph lies over."""
+        return self.index.base_position if isinstance(self.index, LayeredIndex) else None
+
+    @property
+    def overlay_items(self) -> int:
+        """A replica's: items in its small graph (what the journal changed since the snapshot)."""
+        return len(self.index.overlay) if isinstance(self.index, LayeredIndex) else 0
 
     @property
     def model_id(self) -> str | None:
@@ -146,7 +169,7 @@ class Catalog:
     def _fit(self) -> None:
         """Fit the projection on every item of the index (sorted by id: the same sample in the
         same order in every process) and project the index through it."""
-        assert self.index is not None
+        assert isinstance(self.index, VectorIndex)  # never layered: see __init__
         started = time.perf_counter()
         ids = sorted(self.index.ids())
         projection = Projection.fit(self.index.get_vectors(ids), self.settings.index_dims)
@@ -183,7 +206,9 @@ class Catalog:
             )  # fmt: skip
 
     def _accepts(self, entry: JournalEntry) -> bool:
-        if self.index is None:
+        if self.index is None and self.layered:
+            self.index = LayeredIndex(self.settings, None, EMBEDDING_DIM, entry.model_id)
+        elif self.index is None:
             self.index = VectorIndex.from_settings(self.settings, EMBEDDING_DIM, entry.model_id)
         if entry.model_id != self.index.model_id:
             log.error(
@@ -303,6 +328,7 @@ class Catalog:
         """Snapshot vectors and metadata together at the current journal position."""
         if self.index is None:
             return None
+        assert isinstance(self.index, VectorIndex), "a replica's layered index is not saved"
         with self._lock:
             metadata = {pid: dict(meta) for pid, meta in self.metadata.items()}
         return store.publish(self.index, self.position, {"metadata": metadata, "seq": self.seq})

@@ -1,0 +1,192 @@
+"""A replica's layered index: the snapshot's graph plus a small graph of later changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis
+
+from api.replica import Replica
+from shared import keys
+from shared.catalog import Catalog
+from shared.errors import DimensionMismatch
+from shared.follower import read_after
+from shared.index import INDEX_FILE, Projection, VectorIndex
+from shared.journal import START, JournalEntry, append, delete_entry, upsert_entry
+from shared.layered import OVERLAY_EF_CONSTRUCTION, LayeredIndex
+from shared.model_id import EMBEDDING_DIM
+from shared.settings import Settings
+from shared.snapshots import SnapshotStore
+from tests.support.stack import wait_until
+
+DIM, MODEL = 64, "resnet50-test"
+
+
+def vectors(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
+    centres = np.abs(np.random.default_rng(99).normal(size=(8, dim)))
+    rng = np.random.default_rng(seed)
+    return (centres[rng.integers(0, 8, n)] + 0.3 * rng.random((n, dim))).astype(np.float32)
+
+
+@pytest.fixture
+def base() -> VectorIndex:
+    index = VectorIndex(DIM, MODEL, capacity=256)
+    index.upsert([f"b{n}" for n in range(200)], vectors(200))
+    return index
+
+
+def test_changes_go_to_the_small_graph_and_hide_the_snapshot_copies(base):
+    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+    assert layered.overlay.ef_construction == OVERLAY_EF_CONSTRUCTION
+    moved = vectors(1, seed=5)
+    layered.upsert(["b3", "new"], np.concatenate([moved, moved]))
+    assert len(layered) == 201 and "b3" not in base and "b3" in layered
+    assert sorted(layered.overlay.ids()) == ["b3", "new"]
+    hits = layered.query(moved[0], 2)
+    assert {hit[0] for hit in hits} == {"b3", "new"}  # the new copy, not the snapshot's
+    assert layered.delete(["b3", "b4"]) == 2 and "b3" not in layered and len(layered) == 199
+
+
+def test_answers_equal_a_single_graph_of_the_same_vectors(base):
+    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+    single = VectorIndex(DIM, MODEL, capacity=512)
+    single.upsert([f"b{n}" for n in range(200)], vectors(200))
+    extra = vectors(60, seed=1)
+    ids = [f"n{n}" for n in range(60)]
+    layered.upsert(ids, extra)
+    single.upsert(ids, extra)
+    queries = vectors(30, seed=2)
+    found = [layered.query(q, 10) for q in queries]
+    wanted = [single.query(q, 10) for q in queries]
+    recall = np.mean(
+        [
+            len({h[0] for h in f} & {h[0] for h in w}) / 10
+            for f, w in zip(found, wanted, strict=True)
+        ]
+    )
+    assert recall >= 0.98
+    allow = {f"n{n}" for n in range(0, 60, 2)} | {"b1", "b2"}
+    hits = layered.query(queries[0], 5, allow=allow)
+    assert hits and {hit[0] for hit in hits} <= allow
+    assert layered.query_like("n3", 5, exclude={"n3"})[0][0] != "n3"
+
+
+def test_equal_scores_make_the_k_by_id_whichever_graph_holds_them(base):
+    same = np.repeat(vectors(1, seed=7), 6, axis=0)
+    whole = VectorIndex(DIM, MODEL, capacity=256)
+    whole.upsert([f"b{n}" for n in range(200)], vectors(200))
+    whole.upsert(["d5", "d0", "d4", "d1", "d2", "d3"], same)
+    base.upsert(["d5", "d0", "d4"], same[:3])
+    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+    layered.upsert(["d1", "d2", "d3"], same[3:])
+    rebased = LayeredIndex(Settings(), whole, DIM, MODEL)  # the same items, all in the snapshot
+    for index in (layered, rebased):
+        assert [hit[0] for hit in index.query(same[0], 4)] == ["d0", "d1", "d2", "d3"]
+        assert [hit[0] for hit in index.query_like("d2", 3, exclude={"d2"})] == ["d0", "d1", "d3"]
+
+
+def entry(position: str, product_id: str, vector: np.ndarray) -> JournalEntry:
+    return JournalEntry(position, "upsert", product_id, MODEL, vector, {"p": product_id})
+
+
+def test_a_replica_catalog_matches_the_writers_and_is_never_saved(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    data = vectors(40, dim=EMBEDDING_DIM)
+    entries = [entry(f"{n + 1}-0", f"p{n}", data[n]) for n in range(40)]
+    writer, replica = Catalog(settings), Catalog(settings, layered=True)
+    for catalog in (writer, replica):
+        catalog.apply(entries[:30])
+        catalog.apply([*entries[30:], JournalEntry("99-0", "delete", "p0")])
+    assert len(writer) == len(replica) == 39
+    assert writer.similar("p5", 5, {}) == replica.similar("p5", 5, {})
+    assert replica.overlay_items == 39 and writer.overlay_items == 0
+    with pytest.raises(AssertionError):
+        replica.save(SnapshotStore(tmp_path / "index"))
+
+
+@pytest.fixture
+def client(redis_server) -> redis.Redis:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    return client
+
+
+def journal(client: redis.Redis, first: int, count: int) -> None:
+    pipe = client.pipeline()
+    data = vectors(count, seed=first, dim=EMBEDDING_DIM)
+    for n in range(count):
+        append(client, pipe, upsert_entry(f"p{first + n}", data[n], MODEL, {}))
+    pipe.execute()
+
+
+def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_graph(
+    client, redis_server, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
+    replica = Replica(settings, client).start()
+    try:
+        journal(client, 0, 50)
+        wait_until(lambda: len(replica.catalog) == 50, 10, "replica did not follow")
+        assert replica.catalog.overlay_items == 50 and replica.catalog.base_position is None
+        writer = Catalog(settings)  # the writer's side: its graph, then a snapshot
+        writer.apply(read_after(client, START, block_ms=None))
+        writer.save(SnapshotStore(tmp_path / "index"))
+        journal(client, 50, 5)
+        client.xadd(keys.JOURNAL, delete_entry("p1"))
+
+        def rebased() -> bool:
+            catalog = replica.catalog
+            return catalog.base_position == writer.position and catalog.overlay_items == 5
+
+        wait_until(rebased, 10, "the replica did not move onto the snapshot")
+        assert len(replica.catalog) == 54 and "p1" not in replica.catalog
+    finally:
+        replica.stop()
+
+
+def test_an_update_the_small_graph_refuses_keeps_the_snapshot_copy(base):
+    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+    with pytest.raises(DimensionMismatch):
+        layered.upsert(["b3"], vectors(1, dim=DIM + 1))
+    assert "b3" in base and "b3" in layered and len(layered) == 200
+
+
+def test_a_snapshot_the_reduced_memory_mode_projected_is_not_layered(base):
+    projected = VectorIndex(DIM, MODEL, projection=Projection.fit(vectors(100, seed=3), 8))
+    projected.upsert([f"b{n}" for n in range(200)], vectors(200))
+    catalog = Catalog(Settings(index_dims=0), projected, layered=True)
+    assert not catalog.layered and catalog.index is projected
+    assert len(catalog.similar("b5", 5, {})) == 5
+    with pytest.raises(ValueError):
+        LayeredIndex(Settings(), projected, DIM, MODEL)
+
+
+def test_a_replica_stays_on_its_snapshot_when_the_newer_one_does_not_load(
+    client, redis_server, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
+    store = SnapshotStore(tmp_path / "index")
+    writer = Catalog(settings)
+    journal(client, 0, 20)
+    writer.apply(read_after(client, START, block_ms=None))
+    first = writer.save(store)
+    assert first is not None
+    replica = Replica(settings, client).start()
+    try:
+        journal(client, 20, 5)
+        wait_until(lambda: len(replica.catalog) == 25, 10, "replica did not follow")
+        catalog = replica.catalog
+        assert catalog.base_position == first.position and catalog.overlay_items == 5
+        writer.apply(read_after(client, writer.position, block_ms=None))
+        second = writer.save(store)
+        assert second is not None
+        (second.folder / INDEX_FILE).write_bytes(b"not an index")  # newest: refused on load
+        journal(client, 25, 3)
+        wait_until(lambda: replica._rebase_tried == second.name, 10, "no rebase was tried")
+        wait_until(lambda: len(replica.catalog) == 28, 10, "replica stopped following")
+        assert replica.catalog is catalog and catalog.base_position == first.position
+        assert catalog.overlay_items == 8
+    finally:
+        replica.stop()
