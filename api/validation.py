@@ -154,6 +154,9 @@ def filters(values: Any, known: tuple[str, ...], where: str) -> dict[str, str]:
     """Exact-match metadata filters, filter.<field>=<value>; any other unknown name is a 400."""
     chosen = {}
     for name in values:
+        if not isinstance(name, str):  # a multipart part whose name werkzeug cannot read
+            raise BadRequest(f"a {where} without a readable name; filters are {FILTER_PREFIX}"
+                             "<field>=<value>")  # fmt: skip
         field = name.removeprefix(FILTER_PREFIX)
         if name.startswith(FILTER_PREFIX) and field:
             chosen[field] = values[name]

@@ -486,6 +486,27 @@ def test_search_unknown_form_field_is_400_and_stores_nothing(app, client, form, 
     assert app.extensions["lookalike"].queue_depth() == 0
 
 
+@pytest.mark.parametrize("name", ["\r", "\n", "\r\n"])
+def test_search_form_field_without_a_readable_name_is_400(app, client, name):
+    boundary = "lookalike-test"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + JPEG + (
+        f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+        f"x\r\n--{boundary}--\r\n"
+    ).encode()
+    response = client.post(
+        "/api/v1/search", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    assert response.status_code == 400
+    assert error_of(response) == {
+        "code": "bad_request",
+        "message": f"a form field without a readable name; {FILTER_HINT}",
+    }
+    assert app.extensions["lookalike"].queue_depth() == 0
+
+
 def test_search_filters_are_named_filter_dot_field(app, client):
     data = {"image": (io.BytesIO(JPEG), "q.jpg"), "filter.gender": "Men", "filter.a.b": "c"}
     task_id = client.post("/api/v1/search", data=data).get_json()["task_id"]
