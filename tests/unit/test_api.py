@@ -490,12 +490,16 @@ def test_search_unknown_form_field_is_400_and_stores_nothing(app, client, form, 
 def test_search_form_field_without_a_readable_name_is_400(app, client, name):
     boundary = "lookalike-test"
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + JPEG + (
-        f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-        f"x\r\n--{boundary}--\r\n"
-    ).encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + JPEG
+        + (
+            f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            f"x\r\n--{boundary}--\r\n"
+        ).encode()
+    )
     response = client.post(
         "/api/v1/search", data=body, content_type=f"multipart/form-data; boundary={boundary}"
     )
