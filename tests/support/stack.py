@@ -33,7 +33,9 @@ class Stack:
             "LOOKALIKE_BATCH_SIZE": "8",
             "LOOKALIKE_BATCH_WAIT": "0.2",
             "LOOKALIKE_VISIBILITY_TIMEOUT": "6",
-            "LOOKALIKE_SEARCH_WAIT": "20",
+            # A search must be answered even when it lands on a worker that is still building
+            # its model after a restart, on a loaded 2-core machine (over 20 s seen in CI runs).
+            "LOOKALIKE_SEARCH_WAIT": "45",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "PYTHONUNBUFFERED": "1",
             **{f"LOOKALIKE_{k.upper()}": str(v) for k, v in settings.items()},
