@@ -66,6 +66,19 @@ def lag_seconds(client: redis.Redis, position: str, gen: Generation = MAIN) -> f
     return max(0.0, seconds + micros / 1e6 - oldest_ms / 1000)
 
 
+def catch_up_unbroken(client: redis.Redis, catalog: Catalog, gen: Generation = MAIN) -> bool:
+    """catch_up, checking after each read that nothing after the position it read from had been
+    trimmed: False (the catalog is then incomplete) as soon as a gap is possible."""
+    while True:
+        before = catalog.position
+        entries = read_after(client, before, 1000, None, gen)
+        if trimmed_past(client, before, gen):
+            return False
+        if not entries:
+            return True
+        catalog.apply(entries)
+
+
 def catch_up(client: redis.Redis, catalog: Catalog, gen: Generation = MAIN) -> int:
     """Apply every journal entry after the catalog's position; how many."""
     applied = 0

@@ -27,6 +27,7 @@ from shared.settings import Settings
 
 OVERLAY_M = 8
 OVERLAY_EF_CONSTRUCTION = 40
+UPSERT_CHUNK = 64  # ids per write-lock hold: a query waits for at most this many inserts
 TIES_MAX = 1024  # items beyond the k-th that score the same as it, looked at to order them
 
 
@@ -70,11 +71,15 @@ class LayeredIndex:
 
     def upsert(self, ids: Sequence[str], vectors: npt.ArrayLike) -> None:
         """Into the overlay; the base's copies of these ids stop being found."""
-        with self._lock.write():
-            # The overlay first: when it refuses the vectors, the base keeps its copies.
-            self.overlay.upsert(ids, vectors)
-            if self.base is not None:
-                self.base.delete([id_ for id_ in ids if id_ in self.base])
+        ids, vectors = list(ids), np.asarray(vectors)
+        # In chunks, so that queries wait for one chunk's inserts, never a whole journal read.
+        for start in range(0, len(ids), UPSERT_CHUNK):
+            chunk = ids[start : start + UPSERT_CHUNK]
+            with self._lock.write():
+                # The overlay first: when it refuses the vectors, the base keeps its copies.
+                self.overlay.upsert(chunk, vectors[start : start + UPSERT_CHUNK])
+                if self.base is not None:
+                    self.base.delete([id_ for id_ in chunk if id_ in self.base])
 
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(ids)
