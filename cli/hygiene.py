@@ -488,18 +488,23 @@ def _group_view(
         f"group {number}: {group.size} products, cosine {group.min_score:.4f} to "
         f"{group.max_score:.4f} (mean {group.mean_score:.4f})"
     )
-    flag = "placeholder?" if group.size >= report.placeholder_min else ""
-    cards = [_card(report, pid, images) for pid in group.ids[:MAX_CARDS]]
-    return GroupView(title, cards, list(group.ids[MAX_CARDS:]), flag)
+    return _ids_view(report, title, group.ids, images)
 
 
 def _shared_view(
     report: Hygiene, image: SharedImage, images: Mapping[str, str | None]
 ) -> GroupView:
     title = f"sha256 {image.image_sha256[:12]}…: {image.size} products"
-    flag = "placeholder?" if image.size >= report.placeholder_min else ""
-    cards = [_card(report, pid, images) for pid in image.ids[:MAX_CARDS]]
-    return GroupView(title, cards, list(image.ids[MAX_CARDS:]), flag)
+    return _ids_view(report, title, image.ids, images)
+
+
+def _ids_view(
+    report: Hygiene, title: str, ids: Sequence[str], images: Mapping[str, str | None]
+) -> GroupView:
+    """A group of products shown as cards (the first MAX_CARDS), flagged when it is large."""
+    flag = "placeholder?" if len(ids) >= report.placeholder_min else ""
+    cards = [_card(report, pid, images) for pid in ids[:MAX_CARDS]]
+    return GroupView(title, cards, list(ids[MAX_CARDS:]), flag)
 
 
 def _miscategorised_view(
