@@ -55,9 +55,12 @@ def engine_rate(settings: Settings, blobs: list[bytes]) -> float:
     return len(blobs) / (time.perf_counter() - started)
 
 
-def stack_rate(root: Path, weights: Path, dataset: Path, model: str) -> float:
+def stack_rate(root: Path, weights: Path, dataset: Path, settings: Settings) -> float:
     key = "bench-key"
-    stack = Stack(root, weights, model=model, api_key=key, batch_wait=0.05)
+    stack = Stack(
+        root, weights, model=settings.model, api_key=key, batch_size=settings.batch_size,
+        batch_wait=settings.batch_wait,
+    )  # fmt: skip
     stack.start_redis()
     try:
         url = stack.ensure_up()
@@ -71,7 +74,7 @@ def stack_rate(root: Path, weights: Path, dataset: Path, model: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=256, help="photos (default 256)")
+    parser.add_argument("--n", type=int, default=512, help="photos (default 512)")
     parser.add_argument("--size", default="600x800", help="photo size WxH (default 600x800)")
     args = parser.parse_args()
     width, height = (int(part) for part in args.size.split("x"))
@@ -84,7 +87,7 @@ def main() -> None:
         for model in ("resnet50", "trivial"):
             settings = Settings(weights=str(weights), model=model)
             engine = engine_rate(settings, blobs)
-            stack = stack_rate(Path(tempfile.mkdtemp(dir=tmp)), weights, dataset, model)
+            stack = stack_rate(Path(tempfile.mkdtemp(dir=tmp)), weights, dataset, settings)
             rows.append((model, engine, stack))
     print(f"{args.n} JPEGs of {args.size}, {CORES} cores, images/s")
     print(f"{'model':<10}{'engine':>10}{'stack':>10}{'stack/engine':>14}{'stack per core':>16}")

@@ -17,8 +17,9 @@ from cli.client import ApiClient, ApiError
 from cli.styles import StyleRow, check_header, count_rows, read_styles
 from shared.records import FINISHED, TaskState
 
-FOLLOW_WINDOW = 64  # unfinished tasks checked per round while following (they finish in order)
+FOLLOW_INTERVAL = 0.2  # seconds between looks at the oldest unfinished task
 NEAR_DUPLICATE_WAIT = 10.0  # seconds to wait for the API's replica to apply the last vectors
+NEAR_DUPLICATE_INTERVAL = 0.1  # seconds between asks (few tasks are left to ask for by then)
 NEAR_DUPLICATES_LISTED = 5  # near duplicates named per warning line
 
 
@@ -141,33 +142,32 @@ class CatalogImporter:
         self, pending: dict[str, str], report: ImportReport, progress: bool
     ) -> dict[str, str]:
         """Poll tasks, oldest first, until every one has succeeded or failed; returns those
-        that succeeded without a near-duplicate answer yet (task id -> product id)."""
+        that succeeded without a near-duplicate answer yet (task id -> product id).
+
+        Tasks finish about in order: while the oldest is unfinished only it is asked for, every
+        FOLLOW_INTERVAL; once it has finished the next ones are asked for `concurrency` at a
+        time. About one request per task, however long the workers take."""
         queue = deque(pending.items())
         unchecked: dict[str, str] = {}
-        with tqdm(total=len(queue), unit="img", desc="index", disable=not progress) as bar:
+        width = 1
+        with (
+            tqdm(total=len(queue), unit="img", desc="index", disable=not progress) as bar,
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="follow") as pool,
+        ):
             while queue:
-                window = [queue.popleft() for _ in range(min(FOLLOW_WINDOW, len(queue)))]
+                chunk = [queue.popleft() for _ in range(min(width, len(queue)))]
+                tasks = pool.map(self.client.get, [f"/api/v1/tasks/{t}" for t, _ in chunk])
                 unfinished = [
-                    item for item in window if not self._finished(*item, report, unchecked)
+                    item
+                    for item, task in zip(chunk, tasks, strict=True)
+                    if not _record(task, *item, report, unchecked)
                 ]
                 queue.extendleft(reversed(unfinished))
-                bar.update(len(window) - len(unfinished))
-                if len(unfinished) == len(window):
-                    time.sleep(0.5)
+                bar.update(len(chunk) - len(unfinished))
+                width = 1 if unfinished else self.concurrency
+                if unfinished:
+                    time.sleep(FOLLOW_INTERVAL)
         return unchecked
-
-    def _finished(
-        self, task_id: str, product_id: str, report: ImportReport, unchecked: dict[str, str]
-    ) -> bool:
-        task = self.client.get(f"/api/v1/tasks/{task_id}")
-        if task["state"] == TaskState.SUCCEEDED:
-            report.imported += 1
-            if not _near_duplicates_of(task, product_id, report):
-                unchecked[task_id] = product_id
-        elif task["state"] == TaskState.FAILED:
-            error = task["error"]
-            report.failed[product_id] = f"{error['code']}: {error['message']}"
-        return task["state"] in FINISHED
 
     def _near_duplicates(self, unchecked: dict[str, str], report: ImportReport) -> None:
         """Ask again for the near duplicates of tasks that succeeded before the API's replica
@@ -190,8 +190,26 @@ class CatalogImporter:
                         del unchecked[task_id]
                 if not unchecked or time.monotonic() > deadline:
                     break
-                time.sleep(0.5)
+                time.sleep(NEAR_DUPLICATE_INTERVAL)
         report.unchecked = sorted(unchecked.values())
+
+
+def _record(
+    task: dict[str, Any],
+    task_id: str,
+    product_id: str,
+    report: ImportReport,
+    unchecked: dict[str, str],
+) -> bool:
+    """Record a task's outcome in the report; False while it is unfinished."""
+    if task["state"] == TaskState.SUCCEEDED:
+        report.imported += 1
+        if not _near_duplicates_of(task, product_id, report):
+            unchecked[task_id] = product_id
+    elif task["state"] == TaskState.FAILED:
+        error = task["error"]
+        report.failed[product_id] = f"{error['code']}: {error['message']}"
+    return task["state"] in FINISHED
 
 
 def _near_duplicates_of(task: dict[str, Any], product_id: str, report: ImportReport) -> bool:

@@ -250,13 +250,29 @@ def model_input(image: Image.Image, size: int = 224, interpolation: str = "neare
 
 def thumbnail(image: Image.Image, max_side: int, orientation: int | None = None) -> bytes:
     """A small JPEG of a decoded image (aspect kept, EXIF orientation applied), as
-    Image.thumbnail makes it (box-reduced to about twice the size, then Lanczos), tile by tile."""
+    Image.thumbnail(reducing_gap=1.0) makes it: box-reduced by the whole factor, then Lanczos."""
     if image.mode in _WIDE_MODES:
         image = to_8bit(image)  # one scale for the whole image, not one per tile
     width, height = image.size
     scale = min(1.0, max_side / max(width, height))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    fx, fy = max(1, width // (2 * size[0])), max(1, height // (2 * size[1]))
+    # PIL's default gap (2.0) leaves Lanczos a 3x step on a 600x800 photo; reducing by the whole
+    # factor first leaves it a near 1:1 one, 4x cheaper for the whole thumbnail, for a picture
+    # that is only shown.
+    reduced = _box_reduced_rgb(image, max(1, width // size[0]), max(1, height // size[1]))
+    small = reduced.resize(size, Image.Resampling.LANCZOS) if reduced.size != size else reduced
+    if orientation in _ORIENTATIONS:
+        small = small.transpose(_ORIENTATIONS[orientation])
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=85, optimize=True)
+    return buffer.getvalue()
+
+
+def _box_reduced_rgb(image: Image.Image, fx: int, fy: int) -> Image.Image:
+    """The RGB image box-reduced by (fx, fy); other modes converted tile by tile, never whole."""
+    if image.mode == "RGB":
+        return image if fx == fy == 1 else image.reduce((fx, fy))
+    width, height = image.size
     reduced = Image.new("RGB", (-(-width // fx), -(-height // fy)))
     across = min(-(-width // fx), max(1, STRIP_PIXELS // (fx * fy)))  # blocks in a tile's row
     tile = (across * fx, max(1, STRIP_PIXELS // (across * fx * fy)) * fy)
@@ -264,12 +280,7 @@ def thumbnail(image: Image.Image, max_side: int, orientation: int | None = None)
         for x in range(0, width, tile[0]):
             part = image.crop((x, y, min(width, x + tile[0]), min(height, y + tile[1])))
             reduced.paste(to_rgb(part).reduce((fx, fy)), (x // fx, y // fy))
-    small = reduced.resize(size, Image.Resampling.LANCZOS)
-    if orientation in _ORIENTATIONS:
-        small = small.transpose(_ORIENTATIONS[orientation])
-    buffer = io.BytesIO()
-    small.save(buffer, "JPEG", quality=85, optimize=True)
-    return buffer.getvalue()
+    return reduced
 
 
 def decode(

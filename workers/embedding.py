@@ -118,9 +118,13 @@ def process_batch(task_ids: list[str]) -> None:
             "messages may be delivered again; use a smaller LOOKALIKE_BATCH_SIZE",
             len(jobs), took, settings.visibility_timeout,
         )  # fmt: skip
+    # One look at the generation's model per batch, not per item: a round trip each is time the
+    # model waits. Searches alone never claim it.
+    indexing = any(job.record.kind == "index" for job in jobs)
+    index_model = claim_index_model(embedder.model_id) if indexing else embedder.model_id
     for job, result in zip(jobs, results, strict=True):
         try:
-            finish(job, result, embedder)
+            finish(job, result, embedder, index_model)
         except TRANSIENT:
             raise
         except Exception as exc:  # one item's bad luck must not leave the others "running"
@@ -128,7 +132,7 @@ def process_batch(task_ids: list[str]) -> None:
             finish_failed(job.record, failure("embed_failed", f"could not embed: {exc}"))
 
 
-def finish(job: Job, result: Embedded | Exception, embedder: Embedder) -> None:
+def finish(job: Job, result: Embedded | Exception, embedder: Embedder, index_model: str) -> None:
     if isinstance(result, LookalikeError):
         finish_failed(job.record, failure(result.code, result.message))
     elif isinstance(result, Exception):
@@ -136,7 +140,7 @@ def finish(job: Job, result: Embedded | Exception, embedder: Embedder) -> None:
     elif job.record.kind == "search":
         finish_search(job.record, result, embedder)
     else:
-        finish_index(job, result, embedder)
+        finish_index(job, result, embedder, index_model)
 
 
 def claim(task_id: str) -> Job | None:
@@ -198,14 +202,14 @@ def finish_search(record: TaskRecord, result: Embedded, embedder: Embedder) -> N
     publisher().search_done(record, result.vector, embedder.model_id, result.thumbnail)
 
 
-def finish_index(job: Job, result: Embedded, embedder: Embedder) -> None:
-    """Journal the vector and update the product, atomically, unless a later request won."""
+def finish_index(job: Job, result: Embedded, embedder: Embedder, index_model: str) -> None:
+    """Journal the vector and update the product, atomically, unless a later request won;
+    index_model is the generation's (claim_index_model)."""
     record, vector = job.record, result.vector
     reason = unusable_reason(vector)
     if reason is not None:  # e.g. a blank image under max pooling: no direction to compare
         finish_failed(record, failure("invalid_vector", f"the image's embedding {reason}"))
         return
-    index_model = claim_index_model(embedder.model_id)
     if index_model != embedder.model_id:
         message = (
             f"the index holds vectors of model {index_model}; this worker computes "

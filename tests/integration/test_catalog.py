@@ -7,12 +7,15 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 from api.gallery import PAGE_SIZE
+from cli.client import ApiClient
 from cli.demo_catalog import write_demo_catalog
+from cli.importer import FOLLOW_INTERVAL, CatalogImporter
 from cli.styles import read_styles
 from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.stack import Stack, wait_until
@@ -82,6 +85,39 @@ def test_import_force_uploads_everything_again(imported, dataset, api):
     forced = lookalike("import", str(dataset), "--api-url", api, "-q", "--force")
     assert forced.returncode == 0
     assert f"imported {len(rows_with_images(dataset))}, skipped 0, failed 0" in forced.stdout
+
+
+class CountingClient(ApiClient):
+    """The real client, counting the task lookups it makes."""
+
+    task_lookups = 0
+
+    def get(self, path: str, **params: Any) -> Any:
+        if path.startswith("/api/v1/tasks/"):
+            self.task_lookups += 1
+        return super().get(path, **params)
+
+
+def test_import_asks_about_once_per_task_while_following(imported, api, tmp_path):
+    write_demo_catalog(tmp_path / "demo", 40, seed=11)
+    rows = (tmp_path / "demo" / "styles.csv").read_text().splitlines()
+    (tmp_path / "styles.csv").write_text(
+        "\n".join([rows[0]] + [f"follow-{row}" for row in rows[1:]])
+    )
+    (tmp_path / "images").mkdir()
+    for image in (tmp_path / "demo" / "images").iterdir():
+        image.rename(tmp_path / "images" / f"follow-{image.name}")
+    client = CountingClient(api)
+    try:
+        report = CatalogImporter(client, concurrency=4).run(tmp_path, progress=False)
+        tasks = report.imported + len(report.failed)
+        assert tasks == len(rows_with_images(tmp_path)), report.summary()
+        # Once per task, plus the oldest task once per interval while it runs, plus a chunk's
+        # unfinished rest; asking about every unfinished task every round cost 7 lookups a task.
+        assert client.task_lookups <= 2 * tasks + report.elapsed / FOLLOW_INTERVAL
+    finally:
+        for row in read_styles(tmp_path / "styles.csv"):
+            requests.delete(f"{api}/api/v1/products/{row.product_id}", timeout=10)
 
 
 def test_import_lists_rows_without_image_and_fails_on_bad_images(imported, tmp_path, api, dataset):
