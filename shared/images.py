@@ -46,6 +46,7 @@ INTERPOLATIONS = {
 _WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 # Pixels converted at once: what a full-size temporary would cost, at most a few MB.
 STRIP_PIXELS = 1 << 20
+THUMBNAIL_QUALITY = 85  # JPEG quality of thumbnails
 # A decode may take this many bytes per pixel of the pixel limit, at its peak. Most images take
 # PIL's own 1 to 4 bytes a pixel (plus 1 for a 16/32-bit one's 8-bit copy); images whose decoder
 # keeps full-size buffers of its own get a lower pixel limit, so that none takes more.
@@ -264,7 +265,7 @@ def thumbnail(image: Image.Image, max_side: int, orientation: int | None = None)
     if orientation in _ORIENTATIONS:
         small = small.transpose(_ORIENTATIONS[orientation])
     buffer = io.BytesIO()
-    small.save(buffer, "JPEG", quality=85, optimize=True)
+    small.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
     return buffer.getvalue()
 
 

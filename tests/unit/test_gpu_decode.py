@@ -12,16 +12,21 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from shared.errors import WeightsUnavailable
-from shared.images import ImageDecoder, decode, thumbnail
+from shared.images import _ORIENTATIONS, ImageDecoder, decode, thumbnail
 from tests.support.images import encode, pattern
 from workers.gpu_decode import (
     GpuDecoder,
+    bucket,
+    by_shape,
     device_shrink,
     encode_thumbnail,
     looks_whole,
     nearest_indices,
+    resize_batch,
     resize_nearest,
     rgb_pixels,
+    shrink_batch,
+    upright,
 )
 
 jnp = pytest.importorskip("jax.numpy", reason="jax is part of the dev install")
@@ -39,6 +44,46 @@ def test_device_resize_takes_the_pixels_pil_nearest_takes(height, width):
     pixels = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), np.uint8)
     on_device = np.asarray(resize_nearest(jnp.asarray(pixels), 224))
     assert np.array_equal(on_device, pil_nearest(pixels, 224))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_a_batch_is_resized_as_pil_resizes_each_of_its_images(n):
+    rng = np.random.default_rng(n)
+    images = [rng.integers(0, 256, (80, 60, 3), np.uint8) for _ in range(n)]
+    resized = resize_batch([jnp.asarray(image) for image in images], 32)
+    assert len(resized) == n
+    for image, ours in zip(images, resized, strict=True):
+        assert np.array_equal(np.asarray(ours), pil_nearest(image, 32))
+
+
+def test_a_batch_s_thumbnails_are_each_image_s_own():
+    rng = np.random.default_rng(7)
+    images = [jnp.asarray(rng.integers(0, 256, (90, 60, 3), np.uint8)) for _ in range(3)]
+    batch = shrink_batch(images, 30)
+    assert [small.shape for small in batch] == [(30, 20, 3)] * 3
+    for image, small in zip(images, batch, strict=True):
+        assert np.array_equal(np.asarray(small), device_shrink(image, 30))
+
+
+@pytest.mark.parametrize("orientation", [None, 1, 2, 3, 4, 5, 6, 7, 8])
+def test_device_thumbnails_are_turned_as_pil_turns_them(orientation):
+    pixels = np.random.default_rng(5).integers(0, 256, (5, 7, 3), np.uint8)
+    transpose = _ORIENTATIONS.get(orientation)
+    expected = pixels if transpose is None else Image.fromarray(pixels).transpose(transpose)
+    assert np.array_equal(np.asarray(upright(jnp.asarray(pixels), orientation)), expected)
+
+
+@pytest.mark.parametrize(
+    ("n", "padded"), [(1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (200, 256), (256, 256)]
+)
+def test_batches_are_padded_to_a_power_of_two(n, padded):
+    assert bucket(n) == padded
+
+
+def test_images_are_grouped_by_shape_in_order():
+    shapes = {0: (800, 600, 3), 1: (2400, 1800, 3), 3: (800, 600, 3), 5: (800, 600, 1)}
+    images = {i: np.empty(shape, np.uint8) for i, shape in shapes.items()}
+    assert by_shape(images) == [[0, 3], [1], [5]]
 
 
 @settings(max_examples=300, deadline=None)
