@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     )
     precision: Precision = Field("float32", description="Compute precision; output is float32.")
     batch_size: int = Field(32, ge=1, le=1024, description="Images per forward pass.")
+    pipeline_depth: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Forward passes an embed worker takes from the queue at once; it publishes "
+        "one pass's results while the model computes the next.",
+    )
     jit_compile: bool = Field(False, description="Compile the forward pass with XLA.")
     image_size: int = Field(224, ge=32, le=1024, description="Square model input side.")
     interpolation: Interpolation = Field(

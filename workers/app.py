@@ -15,7 +15,7 @@ if settings.redis_url is None:
 
 celery_app = make_celery(settings, settings.redis_url)
 # celery-batches only flushes a full batch if the worker holds that many messages at once.
-celery_app.conf.worker_prefetch_multiplier = max(settings.batch_size, 1)
+celery_app.conf.worker_prefetch_multiplier = settings.batch_size * settings.pipeline_depth
 celery_app.conf.include = ["workers.embedding"]
 celery_app.conf.task_default_queue = Generation.named(settings.generation).queue
 app = celery_app

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -154,6 +155,7 @@ class Embedder:
             mode="exact" if settings.decode == "gpu" else settings.decode,  # gpu: its fallback
         )
         self.gpu: GpuDecoder | None = None
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")  # embed_pipelined
         # XLA compiles once per batch shape: with it, partial batches are padded (see _run).
         self._fixed_shapes = settings.jit_compile
         if settings.model == "trivial":
@@ -216,7 +218,11 @@ class Embedder:
 
     def embed_with_thumbnails(self, blobs: Sequence[bytes]) -> list[Embedded | Exception]:
         """embed_bytes, each image's thumbnail made from the same decode as its model input."""
-        decoded = (self.gpu or self.decoder).decode_with_thumbnails(blobs)
+        return self._embed_with_thumbnails((self.gpu or self.decoder).decode_with_thumbnails(blobs))
+
+    def _embed_with_thumbnails(
+        self, decoded: Sequence[Decoded | Exception]
+    ) -> list[Embedded | Exception]:
         pixels = [item.pixels if isinstance(item, Decoded) else item for item in decoded]
         results: list[Embedded | Exception] = []
         for item, vector in zip(decoded, self._embed_decoded(pixels), strict=True):
@@ -226,6 +232,22 @@ class Embedder:
                 assert isinstance(item, Decoded) and item.thumbnail is not None
                 results.append(Embedded(vector, item.thumbnail))
         return results
+
+    def embed_pipelined(
+        self, batches: Iterable[Sequence[bytes]]
+    ) -> Iterator[list[Embedded | Exception]]:
+        """embed_with_thumbnails over many batches, overlapped: the next batch is decoded while
+        the model runs this one (in a thread of its own), and each batch's results are yielded
+        while the model runs the next, so that the caller publishes them meanwhile."""
+        running: Future[list[Embedded | Exception]] | None = None
+        for blobs in batches:
+            decoded = (self.gpu or self.decoder).decode_with_thumbnails(blobs)
+            started = self._model_thread.submit(self._embed_with_thumbnails, decoded)
+            if running is not None:
+                yield running.result()
+            running = started
+        if running is not None:
+            yield running.result()
 
     def embed_stream(
         self, batches: Iterable[Sequence[bytes]]

@@ -77,7 +77,7 @@ def load_model(**_: Any) -> None:
 @celery_app.task(
     base=Batches,
     name=EMBED_TASK,
-    flush_every=settings.batch_size,
+    flush_every=settings.batch_size * settings.pipeline_depth,
     flush_interval=settings.batch_wait,
     acks_late=True,
 )
@@ -100,36 +100,45 @@ def embed(requests: list[SimpleRequest]) -> None:
 
 
 def process_batch(task_ids: list[str]) -> None:
+    """Claim the tasks, then embed them pipeline_depth forward batches at a time: each batch is
+    published while the model computes the next; all before the messages are acknowledged."""
     jobs = [job for job in map(claim, task_ids) if job is not None]
     if not jobs:
         return
     embedder = get_embedder(settings)
-    passes, started = embedder.forward_passes, time.perf_counter()
-    try:
-        results = embedder.embed_with_thumbnails([job.image for job in jobs])
-    except Exception as exc:  # the model itself failed (e.g. out of memory): fail, never hang
-        log.exception("forward pass failed for %d tasks", len(jobs))
-        results = [exc] * len(jobs)
-    record_batch_stats(embedder.forward_passes - passes, len(jobs), started)
-    took = time.perf_counter() - started
-    if took > settings.visibility_timeout / 2:
-        log.warning(
-            "a batch of %d took %.1fs, over half of LOOKALIKE_VISIBILITY_TIMEOUT (%ds): its "
-            "messages may be delivered again; use a smaller LOOKALIKE_BATCH_SIZE",
-            len(jobs), took, settings.visibility_timeout,
-        )  # fmt: skip
     # One look at the generation's model per batch, not per item: a round trip each is time the
     # model waits. Searches alone never claim it.
     indexing = any(job.record.kind == "index" for job in jobs)
     index_model = claim_index_model(embedder.model_id) if indexing else embedder.model_id
-    for job, result in zip(jobs, results, strict=True):
+    size = settings.batch_size
+    chunks = [jobs[start : start + size] for start in range(0, len(jobs), size)]
+    outcomes = embedder.embed_pipelined([job.image for job in chunk] for chunk in chunks)
+    started, broken = time.perf_counter(), None
+    for chunk in chunks:
+        passes, chunk_started = embedder.forward_passes, time.perf_counter()
         try:
-            finish(job, result, embedder, index_model)
-        except TRANSIENT:
-            raise
-        except Exception as exc:  # one item's bad luck must not leave the others "running"
-            log.exception("task %s failed", job.record.task_id)
-            finish_failed(job.record, failure("embed_failed", f"could not embed: {exc}"))
+            results = [broken] * len(chunk) if broken else next(outcomes)
+        except Exception as exc:  # the model itself failed (e.g. out of memory): fail, never hang
+            log.exception("forward pass failed for %d tasks", len(chunk))
+            broken = exc  # the stream ended with it: the chunks after it fail the same way
+            results = [exc] * len(chunk)
+        record_batch_stats(embedder.forward_passes - passes, len(chunk), chunk_started)
+        for job, result in zip(chunk, results, strict=True):
+            try:
+                finish(job, result, embedder, index_model)
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # one item's bad luck must not leave the others "running"
+                log.exception("task %s failed", job.record.task_id)
+                finish_failed(job.record, failure("embed_failed", f"could not embed: {exc}"))
+    took = time.perf_counter() - started
+    if took > settings.visibility_timeout / 2:
+        log.warning(
+            "a batch of %d took %.1fs, over half of LOOKALIKE_VISIBILITY_TIMEOUT (%ds): its "
+            "messages may be delivered again; use a smaller LOOKALIKE_BATCH_SIZE or "
+            "LOOKALIKE_PIPELINE_DEPTH",
+            len(jobs), took, settings.visibility_timeout,
+        )  # fmt: skip
 
 
 def finish(job: Job, result: Embedded | Exception, embedder: Embedder, index_model: str) -> None:

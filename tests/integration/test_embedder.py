@@ -250,6 +250,21 @@ def test_each_image_is_decoded_once_for_its_vector_and_thumbnail(embedder, image
     assert results[-1].code == "undecodable_image"
 
 
+def test_pipelined_batches_give_each_batch_its_own_results_in_order(embedder, image_files):
+    blobs = [path.read_bytes() for path in image_files]
+    batches = [blobs[:2], [broken_jpeg(), *blobs[2:3]], [], blobs[3:]]
+    piped = list(embedder.embed_pipelined(batches))
+    assert [len(results) for results in piped] == [len(batch) for batch in batches]
+    for batch, results in zip(batches, piped, strict=True):
+        for alone, result in zip(embedder.embed_with_thumbnails(batch), results, strict=True):
+            if isinstance(alone, Embedded):
+                assert isinstance(result, Embedded)
+                assert np.array_equal(result.vector, alone.vector)
+                assert result.thumbnail == alone.thumbnail
+            else:
+                assert type(result) is type(alone) and str(result) == str(alone)
+
+
 @pytest.fixture(scope="module")
 def slow_batches(tmp_path_factory, weights_file) -> Iterator[tuple[Stack, str]]:
     """A stack whose worker waits 3 s to fill a batch: uploads posted together share one."""
