@@ -53,14 +53,17 @@ def model_id(
     Keras backend, which is named only where it changes the vectors (BACKEND_IN_ID).
     """
     weights = (RANDOM_WEIGHTS if random else "w") + weights_digest(weights_file)
-    parts = [ARCHITECTURE, settings.pooling, weights]
-    parts.append(f"{settings.image_size}{settings.interpolation}")
-    if settings.decode != "exact":
-        parts.append(settings.decode)
+    parts = [ARCHITECTURE, settings.pooling, weights, input_part(settings)]
     parts += [PREPROCESSING, settings.precision]
     if backend != DEFAULT_BACKEND and settings.precision in BACKEND_IN_ID:
         parts.append(backend)
     return "-".join(parts)
+
+
+def input_part(settings: Settings) -> str:
+    """How the model's input is made: e.g. 224nearest, or 224nearest-reduced in another mode."""
+    size = f"{settings.image_size}{settings.interpolation}"
+    return size if settings.decode == "exact" else f"{size}-{settings.decode}"
 
 
 def is_random_model(model: str | None) -> bool:

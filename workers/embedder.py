@@ -21,7 +21,7 @@ import numpy as np
 
 from shared.errors import WeightsUnavailable
 from shared.images import Decoded, ImageDecoder, available_cores
-from shared.model_id import EMBEDDING_DIM, model_id
+from shared.model_id import EMBEDDING_DIM, input_part, model_id
 from workers.gpu_decode import GpuDecoder
 from workers.weights import resolve_weights
 
@@ -160,8 +160,7 @@ class Embedder:
         self._fixed_shapes = settings.jit_compile
         if settings.model == "trivial":
             self.backend = "numpy"
-            decode = "" if settings.decode == "exact" else f"-{settings.decode}"
-            self.model_id = f"trivial-{settings.image_size}{settings.interpolation}{decode}"
+            self.model_id = f"trivial-{input_part(settings)}"
             self._forward: Forward = _trivial_forward
             return
         self._build(settings)

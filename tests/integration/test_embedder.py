@@ -390,6 +390,14 @@ def test_model_id_names_the_decode_mode_and_the_backend_only_where_vectors_chang
     assert model_id(mixed, weights_file, backend="jax") != model_id(mixed, weights_file)
 
 
+@pytest.mark.parametrize(
+    ("decode", "expected"),
+    [("exact", "trivial-224nearest"), ("reduced", "trivial-224nearest-reduced")],
+)
+def test_the_trivial_model_s_id_names_the_decode_mode_as_resnet_s_does(decode, expected):
+    assert Embedder(Settings(model="trivial", decode=decode)).model_id == expected
+
+
 def test_reduced_decoding_changes_only_large_jpegs_and_the_model_id(
     weights_file, embedder, image_files
 ):
@@ -413,7 +421,7 @@ def test_reduced_decoding_changes_only_large_jpegs_and_the_model_id(
 
 def test_decode_threads_default_to_one_per_core(embedder):
     assert embedder.settings.decode_threads == 0
-    assert embedder.decoder._pool._max_workers == available_cores()
+    assert embedder.decoder.threads == available_cores()
 
 
 def test_the_engine_imports_without_pydantic_or_tensorflow():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 import pytest
 import redis
@@ -10,7 +13,7 @@ from api.replica import Replica
 from shared import keys
 from shared.catalog import Catalog
 from shared.errors import DimensionMismatch
-from shared.follower import read_after
+from shared.follower import catch_up_unbroken, read_after, trim_before
 from shared.index import INDEX_FILE, Projection, VectorIndex
 from shared.journal import START, JournalEntry, append, delete_entry, upsert_entry
 from shared.layered import OVERLAY_EF_CONSTRUCTION, LayeredIndex
@@ -190,3 +193,60 @@ def test_a_replica_stays_on_its_snapshot_when_the_newer_one_does_not_load(
         assert catalog.overlay_items == 8
     finally:
         replica.stop()
+
+
+def nth_position(client: redis.Redis, n: int) -> str:
+    """The journal position of its entry n (from 0)."""
+    entries: Any = client.xrange(keys.JOURNAL, count=n + 1)
+    return str(entries[n][0].decode())
+
+
+class TrimmingCatalog(Catalog):
+    """A real catalog whose first apply is followed by a trim of the journal (the writer's)."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, keep_from: int) -> None:
+        super().__init__(settings)
+        self.client, self.keep_from, self.trimmed = client, keep_from, False
+
+    def apply(self, entries: Iterable[JournalEntry]) -> int:
+        applied = super().apply(entries)
+        if not self.trimmed:
+            self.trimmed = True
+            trim_before(self.client, nth_position(self.client, self.keep_from))
+        return applied
+
+
+def quick_settings(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path, hnsw_m=4, hnsw_ef_construction=8)
+
+
+def test_catch_up_unbroken_applies_the_whole_journal_read_by_read(client, tmp_path):
+    journal(client, 0, 2500)  # three reads of 1000
+    catalog = Catalog(quick_settings(tmp_path))
+    assert catch_up_unbroken(client, catalog)
+    assert len(catalog) == 2500
+
+
+@pytest.mark.parametrize(
+    ("keep_from", "unbroken", "served"),
+    [
+        (500, True, 2500),  # trimmed before what the catalog had read: nothing is missing
+        (1000, True, 2500),  # trimmed up to the next entry it reads: still nothing missing
+        (1800, False, 1000),  # entries 1000-1799 gone before it read them: a gap
+    ],
+)
+def test_catch_up_unbroken_fails_only_when_a_trim_left_a_gap(
+    client, tmp_path, keep_from, unbroken, served
+):
+    journal(client, 0, 2500)
+    catalog = TrimmingCatalog(quick_settings(tmp_path), client, keep_from)
+    assert catch_up_unbroken(client, catalog) is unbroken
+    assert len(catalog) == served
+
+
+def test_catch_up_unbroken_fails_at_once_on_a_journal_trimmed_past_it(client, tmp_path):
+    journal(client, 0, 50)
+    trim_before(client, nth_position(client, 20))
+    catalog = Catalog(quick_settings(tmp_path))
+    assert not catch_up_unbroken(client, catalog)
+    assert len(catalog) == 0
