@@ -195,6 +195,16 @@ def rss_kib(pid: int | None) -> tuple[int, int]:
     return found["VmRSS:"], found["VmHWM:"]
 
 
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Every thread of pid onto cpus (--pin: the writer's host and the replicas' host on one
+    machine); threads made later inherit it."""
+    if cpus is None or not pid:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 class Child:
     """One process of the stack, its output in a log file."""
 
@@ -749,6 +759,12 @@ class FollowRun(Run):
         out = FollowResult(replicas, seed, args.follow_items)
         self.start_stack()
         apis = [self.start_api(f"api{i + 1}") for i in range(replicas)]
+        writer_cpus, replica_cpus = ({0}, {1}) if args.pin else (None, None)
+        for pid in (os.getpid(), self.writer.pid, self.redis.pid or 0):
+            pin(pid, writer_cpus)
+        for api, _ in apis:
+            pin(api.pid, replica_cpus)
+            pin(api.worker_pid() or api.pid, replica_cpus)
         self.client.set(keys.INDEX_MODEL, MODEL)
         data = Data(args.data, n, args.seed)
         nothing, no_vectors = np.empty(0, dtype=np.int64), np.empty((0, DIM), dtype=np.float32)
@@ -771,6 +787,7 @@ class FollowRun(Run):
             daemon=True,
         )
         client.start()
+        pin(client.pid or 0, replica_cpus)
         self.query_client = client  # stopped by close() too, when the run fails
         wait_for(lambda: api_items(apis[0][1]) >= seed, 30, "the client")
         time.sleep(2.0)  # its start-up
@@ -907,7 +924,12 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
         f"Follow cost: {args.follow_seed} seed items, then {args.follow_items} journalled at full "
         f"speed ({args.data}, 2048-d), {os.cpu_count()} CPUs; one client queries /similar k={K} "
         f"on API 1 in a loop; idle windows {args.follow_idle:g} s; values per API are API 1 / "
-        "API 2",
+        "API 2"
+        + (
+            "; pinned: writer, Redis and the import on CPU 0, the APIs and client on CPU 1"
+            if args.pin
+            else ""
+        ),
         "",
     ]
     names = [f"{r.replicas} replica{'s' if r.replicas > 1 else ''}" for r in results]
@@ -1101,6 +1123,12 @@ def main() -> None:
     )
     parser.add_argument("--follow-seed", type=int, default=2000, help="items there before")
     parser.add_argument("--follow-idle", type=float, default=20.0, help="idle windows, seconds")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="with --follow-items: the writer, Redis and the import on CPU 0, the replicas and "
+        "the query client on CPU 1, as if the writer had a host of its own",
+    )
     args = parser.parse_args()
     if args.max_backlog is None:
         # Unpaced, a million entries would wait in Redis (about 10 KiB each) beside the writer.

@@ -31,6 +31,9 @@ from workers.sweeper import Sweeper
 
 log = logging.getLogger("lookalike.writer")
 LOCK_TTL = 15.0
+# hnswlib writes a snapshot holding the GIL, so the renewal thread cannot run meanwhile: the lock
+# is extended first, past what the save can take (18 s for 580k items here, 3e-5 s an item).
+SAVE_SECONDS_PER_ITEM = 1e-4
 
 
 class IndexWriter:
@@ -47,6 +50,8 @@ class IndexWriter:
         self.sweeper = Sweeper(settings, client, celery, self.gen)
         self.holding = threading.Event()  # set while the lock is ours, renewed in the background
         self.stop_event = threading.Event()
+        self.last_snapshot_seconds = 0.0
+        self.hold_seconds = LOCK_TTL  # the TTL each renewal sets (longer while saving)
 
     def run(self) -> None:
         log.info("waiting for the writer lock of generation %s (%s)", self.gen.label, self.token)
@@ -73,7 +78,7 @@ class IndexWriter:
     def _renew(self) -> bool:
         """Reset the lock's TTL if we still hold it (another writer may have taken it over)."""
         try:
-            return self.lock.reacquire()
+            return bool(self.lock.extend(self.hold_seconds, replace_ttl=True))
         except LockError:
             return False
         except redis.RedisError as exc:  # unknown: say no, the next renewal may say yes
@@ -86,6 +91,14 @@ class IndexWriter:
             if not self._renew() and not self._renew():
                 log.warning("writer lock lost; another writer may take over")
                 self.holding.clear()
+
+    def _hold_through_save(self, items: int) -> bool:
+        """Extend the lock past what saving this many items can take (renewals meanwhile keep
+        that TTL); False if it is not ours."""
+        self.hold_seconds = max(
+            LOCK_TTL, 3 * self.last_snapshot_seconds, items * SAVE_SECONDS_PER_ITEM
+        )
+        return self._renew()
 
     def still_holding(self) -> bool:
         """Checked in Redis right before anything that changes shared state."""
@@ -132,11 +145,15 @@ class IndexWriter:
     def snapshot(self, catalog: Catalog) -> str | None:
         """Publish, prune to the newest kept, trim the journal back to the oldest kept (its
         position, returned)."""
-        if not self.still_holding():
+        if not self.still_holding() or not self._hold_through_save(len(catalog)):
             log.warning("not the writer any more: no snapshot")
             return None
         started = time.perf_counter()
-        snapshot = catalog.save(self.store)
+        try:
+            snapshot = catalog.save(self.store)
+        finally:
+            self.hold_seconds = LOCK_TTL
+        self.last_snapshot_seconds = time.perf_counter() - started
         pruned = self.store.prune(still_allowed=self.still_holding)
         kept_from = self.store.kept_from()
         trimmed = 0

@@ -1,0 +1,89 @@
+"""The index writer's lock: held through snapshots whose save does not let it be renewed."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from shared.catalog import Catalog
+from shared.journal import JournalEntry
+from shared.model_id import EMBEDDING_DIM
+from shared.queue import make_celery
+from shared.settings import Settings
+from workers import writer as writer_module
+from workers.writer import IndexWriter
+
+
+def holding_the_gil(seconds: float) -> None:
+    """Keep the GIL as hnswlib's save does: no other thread runs meanwhile."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(seconds + 5)
+    try:
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            pass
+    finally:
+        sys.setswitchinterval(interval)
+
+
+class SlowSavingCatalog(Catalog):
+    """A real catalog whose save first holds the GIL for save_seconds."""
+
+    save_seconds = 0.0
+
+    def save(self, store: Any) -> Any:
+        holding_the_gil(self.save_seconds)
+        return super().save(store)
+
+
+@pytest.fixture
+def writer(redis_server, tmp_path, monkeypatch) -> Iterator[IndexWriter]:
+    monkeypatch.setattr(writer_module, "LOCK_TTL", 0.5)
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    writer = IndexWriter(settings, client, make_celery(settings, redis_server.url))
+    assert writer._acquire()
+    writer.holding.set()
+    renewer = threading.Thread(target=writer._keep_renewing, daemon=True)
+    renewer.start()
+    yield writer
+    writer.stop_event.set()
+    renewer.join()
+
+
+def catalog_of(settings: Settings, count: int, save_seconds: float) -> SlowSavingCatalog:
+    catalog = SlowSavingCatalog(settings)
+    rng = np.random.default_rng(0)
+    catalog.apply(
+        JournalEntry(f"{n + 1}-0", "upsert", f"p{n}", "m", rng.random(EMBEDDING_DIM), {})
+        for n in range(count)
+    )
+    catalog.save_seconds = save_seconds
+    return catalog
+
+
+@pytest.mark.parametrize(("seconds_per_item", "kept"), [(1.0, True), (0.0, False)])
+def test_a_save_that_blocks_renewals_past_the_lock_s_ttl_keeps_the_lock(
+    writer, monkeypatch, seconds_per_item, kept
+):
+    # 3 items at 1 s each: held 3 s; at 0 s (no extension) the lock lapses, as it did before.
+    monkeypatch.setattr(writer_module, "SAVE_SECONDS_PER_ITEM", seconds_per_item)
+    catalog = catalog_of(writer.settings, 3, save_seconds=1.5)  # three TTLs without a renewal
+    writer.snapshot(catalog)
+    assert writer.still_holding() is kept
+    assert [snapshot.position for snapshot in writer.store.snapshots()] == ["3-0"]
+
+
+def test_renewals_go_back_to_the_short_ttl_after_a_save(writer, monkeypatch):
+    monkeypatch.setattr(writer_module, "SAVE_SECONDS_PER_ITEM", 1.0)
+    writer.snapshot(catalog_of(writer.settings, 3, save_seconds=0.0))
+    time.sleep(0.5)  # renewals meanwhile
+    assert 0 < writer.client.pttl(writer.gen.writer_lock) <= 500
