@@ -119,6 +119,9 @@ class IndexWriter:
     def _follow(self, catalog: Catalog) -> None:
         policy = SnapshotPolicy(self.settings, trim_pending=self.client.xlen(self.gen.journal) > 1)
         unsaved = 0
+        # Where a restore left it, at once: the last report may be an earlier holder's, and no
+        # entry may come to be applied (a snapshot that holds the whole journal).
+        self._report(catalog)
         while not self.stop_event.is_set() and self.holding.is_set():
             entries = read_after(self.client, catalog.position, block_ms=500, gen=self.gen)
             unsaved += catalog.apply(entries)

@@ -1,4 +1,4 @@
-"""The index writer's lock: held through snapshots whose save does not let it be renewed."""
+"""The index writer: its lock held through long snapshots, its position said after a restore."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from shared.journal import JournalEntry
 from shared.model_id import EMBEDDING_DIM
 from shared.queue import make_celery
 from shared.settings import Settings
+from tests.support.stack import wait_until
 from workers import writer as writer_module
 from workers.writer import IndexWriter
 
@@ -62,8 +63,9 @@ def writer(redis_server, tmp_path, monkeypatch) -> Iterator[IndexWriter]:
 def catalog_of(settings: Settings, count: int, save_seconds: float) -> SlowSavingCatalog:
     catalog = SlowSavingCatalog(settings)
     rng = np.random.default_rng(0)
+    vectors = rng.random((count, EMBEDDING_DIM))
     catalog.apply(
-        JournalEntry(f"{n + 1}-0", "upsert", f"p{n}", "m", rng.random(EMBEDDING_DIM), {})
+        JournalEntry(f"{n + 1}-0", "upsert", f"p{n}", "m", vectors[n], {}, seq=n + 1)
         for n in range(count)
     )
     catalog.save_seconds = save_seconds
@@ -87,3 +89,17 @@ def test_renewals_go_back_to_the_short_ttl_after_a_save(writer, monkeypatch):
     writer.snapshot(catalog_of(writer.settings, 3, save_seconds=0.0))
     time.sleep(0.5)  # renewals meanwhile
     assert 0 < writer.client.pttl(writer.gen.writer_lock) <= 500
+
+
+def test_a_restored_writer_says_where_it_is_before_any_new_entry(writer):
+    writer.snapshot(catalog_of(writer.settings, 3, save_seconds=0.0))
+    writer.client.mset({writer.gen.writer_position: "1-0", writer.gen.writer_seq: 1})  # stale
+    restored, _ = Catalog.restore(writer.settings, writer.store)
+    follower = threading.Thread(target=writer._follow, args=(restored,), daemon=True)
+    follower.start()
+    try:
+        wait_until(lambda: writer.client.get(writer.gen.writer_seq) == b"3", 10, "no report")
+        assert writer.client.get(writer.gen.writer_position) == b"3-0"
+    finally:
+        writer.stop_event.set()
+        follower.join(10)
