@@ -18,10 +18,6 @@ from shared.snapshots import open_store
 
 log = logging.getLogger(__name__)
 REBASE = 5.0  # seconds between two looks for a newer snapshot while the small graph grows
-# A rebase loads the whole snapshot (holding the GIL, as hnswlib does): during a bulk import the
-# replica moves only once its small graph is this share of the snapshot it lies over, so loads
-# grow geometrically with the catalog, or once nothing new came for one look.
-REBASE_SHARE = 0.5
 
 
 class Replica:
@@ -41,7 +37,6 @@ class Replica:
         self.previous: Catalog | None = None
         self._rebase_checked = time.monotonic()
         self._rebase_tried: str | None = None  # the newest snapshot a rebase last looked at
-        self._overlay_seen = 0  # the small graph's items at the last look
         self.loaded = threading.Event()
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -82,15 +77,10 @@ class Replica:
 
     def _maybe_rebase(self) -> None:
         """Load the writer's newer snapshot, if there is one, in place of the small graph the
-        replica built since its own (it never rebuilds what the writer built), once that graph
-        is large (REBASE_SHARE) or has stopped growing."""
-        overlay = self.catalog.overlay_items
-        if overlay == 0 or time.monotonic() - self._rebase_checked < REBASE:
+        replica built since its own (it never rebuilds what the writer built)."""
+        if self.catalog.overlay_items == 0 or time.monotonic() - self._rebase_checked < REBASE:
             return
         self._rebase_checked = time.monotonic()
-        settled, self._overlay_seen = overlay == self._overlay_seen, overlay
-        if not settled and overlay < REBASE_SHARE * (len(self.catalog) - overlay):
-            return  # still importing, and the small graph is still small
         snapshots = self.store.snapshots()
         base = self.catalog.base_position or START
         if not snapshots or position_key(snapshots[0].position) <= position_key(base):

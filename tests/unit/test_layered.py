@@ -148,37 +148,6 @@ def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_grap
         replica.stop()
 
 
-def test_during_an_import_a_replica_rebases_only_once_its_small_graph_is_large_or_settled(
-    client, redis_server, tmp_path, monkeypatch
-):
-    monkeypatch.setattr("api.replica.REBASE", 0.0)
-    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
-    store = SnapshotStore(tmp_path / "index")
-    writer = Catalog(settings)
-
-    def import_and_snapshot(first: int, count: int) -> None:
-        journal(client, first, count)
-        writer.apply(read_after(client, writer.position, block_ms=None))
-        writer.save(store)
-
-    def look() -> tuple[str | None, int]:  # the replica's loop, one step at a time
-        replica.catalog.apply(read_after(client, replica.catalog.position, block_ms=None))
-        replica._maybe_rebase()
-        return replica.catalog.base_position, replica.catalog.overlay_items
-
-    import_and_snapshot(0, 100)
-    replica = Replica(settings, client)  # not started: its steps run here
-    replica._reload()
-    loaded = replica.catalog.base_position
-    import_and_snapshot(100, 10)
-    assert look() == (loaded, 10)  # a newer snapshot, but the small graph grows and is small
-    import_and_snapshot(110, 10)
-    assert look() == (loaded, 20)
-    assert look() == (writer.position, 0)  # nothing new since: settled onto the newest
-    import_and_snapshot(120, 70)
-    assert look() == (writer.position, 0)  # 70 >= half of the 120 it lies over: at once
-
-
 def test_an_update_the_small_graph_refuses_keeps_the_snapshot_copy(base):
     layered = LayeredIndex(Settings(), base, DIM, MODEL)
     with pytest.raises(DimensionMismatch):
