@@ -6,8 +6,9 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import redis
@@ -106,10 +107,9 @@ def process_batch(task_ids: list[str]) -> None:
     if not jobs:
         return
     embedder = get_embedder(settings)
-    # One look at the generation's model per batch, not per item: a round trip each is time the
-    # model waits. Searches alone never claim it.
-    indexing = any(job.record.kind == "index" for job in jobs)
-    index_model = claim_index_model(embedder.model_id) if indexing else embedder.model_id
+    # One look at the generation's model per batch, not per item (a round trip each is time the
+    # model waits), and only once a vector is to be journalled: bad images claim nothing.
+    index_model = cache(lambda: claim_index_model(embedder.model_id))
     size = settings.batch_size
     chunks = [jobs[start : start + size] for start in range(0, len(jobs), size)]
     outcomes = embedder.embed_pipelined([job.image for job in chunk] for chunk in chunks)
@@ -141,7 +141,9 @@ def process_batch(task_ids: list[str]) -> None:
         )  # fmt: skip
 
 
-def finish(job: Job, result: Embedded | Exception, embedder: Embedder, index_model: str) -> None:
+def finish(
+    job: Job, result: Embedded | Exception, embedder: Embedder, index_model: Callable[[], str]
+) -> None:
     if isinstance(result, LookalikeError):
         finish_failed(job.record, failure(result.code, result.message))
     elif isinstance(result, Exception):
@@ -211,17 +213,20 @@ def finish_search(record: TaskRecord, result: Embedded, embedder: Embedder) -> N
     publisher().search_done(record, result.vector, embedder.model_id, result.thumbnail)
 
 
-def finish_index(job: Job, result: Embedded, embedder: Embedder, index_model: str) -> None:
+def finish_index(
+    job: Job, result: Embedded, embedder: Embedder, index_model: Callable[[], str]
+) -> None:
     """Journal the vector and update the product, atomically, unless a later request won;
-    index_model is the generation's (claim_index_model)."""
+    index_model gives the generation's (claim_index_model, once per batch)."""
     record, vector = job.record, result.vector
     reason = unusable_reason(vector)
     if reason is not None:  # e.g. a blank image under max pooling: no direction to compare
         finish_failed(record, failure("invalid_vector", f"the image's embedding {reason}"))
         return
-    if index_model != embedder.model_id:
+    current = index_model()
+    if current != embedder.model_id:
         message = (
-            f"the index holds vectors of model {index_model}; this worker computes "
+            f"the index holds vectors of model {current}; this worker computes "
             f"{embedder.model_id}: vectors of different models are never mixed"
         )
         finish_failed(record, failure("model_mismatch", message))

@@ -148,14 +148,14 @@ class IndexWriter:
     def snapshot(self, catalog: Catalog) -> str | None:
         """Publish, prune to the newest kept, trim the journal back to the oldest kept (its
         position, returned)."""
-        if not self.still_holding() or not self._hold_through_save(len(catalog)):
-            log.warning("not the writer any more: no snapshot")
-            return None
         started = time.perf_counter()
         try:
+            if not self.still_holding() or not self._hold_through_save(len(catalog)):
+                log.warning("not the writer any more: no snapshot")
+                return None
             snapshot = catalog.save(self.store)
         finally:
-            self.hold_seconds = LOCK_TTL
+            self.hold_seconds = LOCK_TTL  # also when the extension failed
         self.last_snapshot_seconds = time.perf_counter() - started
         pruned = self.store.prune(still_allowed=self.still_holding)
         kept_from = self.store.kept_from()
