@@ -77,6 +77,10 @@ class PipelineCollector(Collector):
         yield CounterMetricFamily(
             "lookalike_forward_passes", "Model forward passes", stats.get("forward_passes", 0.0)
         )
+        yield CounterMetricFamily(
+            "lookalike_model_seconds", "Seconds the embed workers' models spent in forward passes",
+            stats.get("model_seconds", 0.0),
+        )  # fmt: skip
         images, seconds = stats.get("images_embedded", 0.0), stats.get("embed_seconds", 0.0)
         yield CounterMetricFamily("lookalike_images_embedded", "Images embedded", images)
         yield GaugeMetricFamily(

@@ -68,6 +68,7 @@ from shared.follower import lag_seconds
 from shared.journal import append, upsert_entry
 from shared.records import ProductStore, TaskRecord, TaskState, TaskStore
 from shared.snapshots import MANIFEST, SnapshotStore
+from tests.support.procs import cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -646,25 +647,10 @@ def parse_writer_log(log: Path, wall0: float) -> tuple[list[tuple[float, int, fl
 
 # Follow cost (--follow-items): what following the journal costs each API replica.
 
-TICKS = os.sysconf("SC_CLK_TCK")
 RELOAD_LINE = re.compile(r"replica reloaded (\d+) items")
 REBASE_LINE = re.compile(
     r"replica moved onto snapshot \S+: (\d+) items, (\d+) since it, in ([\d.]+)s"
 )
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """utime + stime of pid and of its descendants (gunicorn's master and worker), seconds."""
-    total, todo = 0.0, [] if pid is None else [pid]
-    while todo:
-        current = todo.pop()
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS
-            for task in Path(f"/proc/{current}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    todo += [int(child) for child in (task / "children").read_text().split()]
-    return total
 
 
 def query_loop(url: str, ids: list[str], stop: Any, results: Any) -> None:

@@ -146,6 +146,7 @@ class Embedder:
         self.settings = settings
         self.batch_size = settings.batch_size
         self.forward_passes = 0
+        self.forward_seconds = 0.0  # wall time inside the model: its busy share of a run
         self.decoder = ImageDecoder(
             settings.image_size,
             settings.interpolation,
@@ -183,7 +184,7 @@ class Embedder:
         side = settings.image_size
         warm = self.batch_size if self.backend == "jax" else 1  # the shape bulk work runs
         self._run(np.zeros((warm, side, side, 3), np.uint8))  # trace and warm up once
-        self.forward_passes = 0
+        self.forward_passes, self.forward_seconds = 0, 0.0
         log.info(
             "model %s ready on %s in %.1fs",
             self.model_id,
@@ -208,8 +209,11 @@ class Embedder:
             padded = min(self.batch_size, 1 << (n - 1).bit_length())
             xp = _array_module(batch)
             batch = xp.concatenate([batch, xp.zeros((padded - n, *batch.shape[1:]), np.uint8)])
+        started = time.perf_counter()
+        vectors = np.asarray(self._forward(batch))[:n]
         self.forward_passes += 1
-        return np.asarray(self._forward(batch))[:n]
+        self.forward_seconds += time.perf_counter() - started
+        return vectors
 
     def embed_bytes(self, blobs: Sequence[bytes]) -> list[np.ndarray | Exception]:
         """Decode and embed; a bad image yields its error in place and never fails the others."""

@@ -96,10 +96,11 @@ def test_batches_give_the_same_vectors_as_single_images(embedder, image_files):
 
 def test_n_images_take_ceil_n_over_batch_forward_passes(embedder):
     images = np.random.default_rng(0).integers(0, 255, (20, 224, 224, 3), dtype=np.uint8)
-    before = embedder.forward_passes
+    before, busy = embedder.forward_passes, embedder.forward_seconds
     vectors = embedder.embed_arrays(images)
     assert vectors.shape == (20, 2048)
     assert embedder.forward_passes - before == 3  # batch size 8
+    assert embedder.forward_seconds > busy
 
 
 def test_bad_image_fails_alone(embedder, image_files):
@@ -296,6 +297,7 @@ def test_broken_pixel_data_fails_its_own_task_and_not_its_batch(slow_batches):
     after = {k.decode(): float(v) for k, v in stats.hgetall(keys.STATS).items()}
     assert after["images_embedded"] - before.get("images_embedded", 0) == 2
     assert after["forward_passes"] - before.get("forward_passes", 0) == 1  # one batch
+    assert after["model_seconds"] > before.get("model_seconds", 0)
 
 
 def test_the_product_thumbnail_comes_from_the_worker_s_one_decode(slow_batches):
