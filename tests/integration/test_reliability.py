@@ -53,16 +53,25 @@ def state(api: str, task_id: str) -> str:
     return requests.get(f"{api}/api/v1/tasks/{task_id}", timeout=10).json()["state"]
 
 
-def test_queued_items_take_about_n_over_batch_forward_passes(stack, api):
+def batch_sizes(stack: Stack) -> dict[int, int]:
+    return {int(k): int(v) for k, v in redis_of(stack).hgetall(keys.BATCH_SIZES).items()}
+
+
+def test_a_backlog_is_embedded_in_full_batches(stack, api):
+    """A worker fetches a backlog one message at a time, slower than one per batch_wait here
+    (32 messages a delivery, 20 ms): a batch must wait while they keep coming, not go with
+    those fetched when its timer first ticks."""
     stack.stop("embed")
-    task_ids = post_many(api, "b", 16)  # no worker yet: all 16 wait in the queue
+    task_ids = post_many(api, "b", 64)  # no worker yet: 2 deliveries of 32 (batch 16, depth 2)
     assert {state(api, task_id) for task_id in task_ids} == {"queued"}
-    before = int(redis_of(stack).hget(keys.STATS, "forward_passes") or 0)
-    stack.start_worker()
-    records = [wait_task(api, task_id) for task_id in task_ids]
+    before = batch_sizes(stack)
+    stack.start_worker(batch_size=16, batch_wait=0.02)
+    records = [wait_task(api, task_id, timeout=180) for task_id in task_ids]
     assert {record["state"] for record in records} == {"succeeded"}
-    passes = int(redis_of(stack).hget(keys.STATS, "forward_passes") or 0) - before
-    assert passes <= 3  # 16 items at batch size 8: 2 passes, 3 if a timer flush splits one
+    grown = {size: batch_sizes(stack)[size] - before.get(size, 0) for size in batch_sizes(stack)}
+    assert {size: count for size, count in grown.items() if count} == {16: 4}
+    stack.stop("embed")
+    stack.start_worker()  # as the other tests expect it
 
 
 def test_embed_worker_killed_mid_batch_loses_no_task(stack, api):

@@ -107,3 +107,70 @@ def test_indexing_records_the_product_as_indexed_and_no_longer_lost(client, task
     product = ProductStore(client).get("p1")
     assert product is not None and product["indexed"] and product["pending_task"] is None
     assert not client.exists(keys.upload(record.task_id))
+
+
+def commands(client) -> dict[str, int]:
+    return {name: stats["calls"] for name, stats in client.info("commandstats").items()}
+
+
+def test_a_batch_of_ends_is_one_transaction_whatever_its_size(client, tasks, publisher):
+    records = [delivery(tasks, posted(client, tasks, f"p{n}")) for n in range(20)]
+    assert all(publisher.start_all(records))
+    before = commands(client)
+    moves = [publisher.journalled(record, VECTOR, MODEL, b"image", b"thumb") for record in records]
+    assert publisher.finish(moves) == [True] * 20
+    after = commands(client)
+    assert after["cmdstat_exec"] - before.get("cmdstat_exec", 0) == 1
+    assert after["cmdstat_watch"] - before.get("cmdstat_watch", 0) == 1
+    assert client.xlen(keys.JOURNAL) == 20
+    assert {tasks.get(r.task_id).state for r in records} == {TaskState.SUCCEEDED}  # type: ignore[union-attr]
+
+
+def test_each_end_in_a_mixed_batch_is_decided_on_its_own(client, tasks, publisher):
+    fine, finished, superseded, searched = (
+        delivery(tasks, posted(client, tasks, name, kind))
+        for name, kind in [("fine", "index"), ("done", "index"), ("old", "index"), ("q", "search")]
+    )
+    assert publisher.fail(delivery(tasks, finished), failure("invalid_vector", "no direction"))
+    pipe = client.pipeline()
+    ProductStore.stage(pipe, "old", {MAIN: "t-newer"}, {"n": 2})
+    pipe.execute()
+    moves = [
+        publisher.journalled(fine, VECTOR, MODEL, b"image", b"thumb"),
+        publisher.journalled(finished, VECTOR, MODEL, b"image", b"thumb"),
+        publisher.journalled(superseded, VECTOR, MODEL, b"image", b"thumb"),
+        publisher.searched(searched, VECTOR, MODEL),
+        publisher.journalled(fine, VECTOR, MODEL, b"image", b"thumb"),  # the same task again
+    ]
+    assert publisher.finish(moves) == [True, False, False, True, False]
+    states = {r.task_id: tasks.get(r.task_id) for r in (fine, finished, superseded, searched)}
+    assert states[fine.task_id].state == TaskState.SUCCEEDED  # type: ignore[union-attr]
+    assert states[finished.task_id].error == failure("invalid_vector", "no direction")  # type: ignore[union-attr]
+    assert states[superseded.task_id].error == failure(  # type: ignore[union-attr]
+        "superseded", "product old was changed or deleted by a later request"
+    )
+    assert states[searched.task_id].state == TaskState.SUCCEEDED  # type: ignore[union-attr]
+    assert client.xlen(keys.JOURNAL) == 1  # fine's vector, once
+    assert not any(client.exists(keys.upload(r.task_id)) for r in (fine, finished, superseded))
+
+
+def test_a_task_finished_during_a_batch_s_reads_is_not_written_over(
+    client, tasks, publisher, monkeypatch
+):
+    records = [delivery(tasks, posted(client, tasks, f"p{n}")) for n in range(3)]
+    read_for = TaskStore._read_for
+    raced = []
+
+    def read_then_race(self, moves, task_keys):
+        values = read_for(self, moves, task_keys)
+        if not raced:  # another delivery finishes p1 between our WATCH and our EXEC
+            raced.append(None)
+            raced[0] = publisher.fail(delivery(tasks, records[1]), failure("x", "first"))
+        return values
+
+    monkeypatch.setattr(TaskStore, "_read_for", read_then_race)
+    moves = [publisher.journalled(r, VECTOR, MODEL, b"image", b"thumb") for r in records]
+    assert publisher.finish(moves) == [True, False, True]
+    assert raced == [True]
+    assert tasks.get(records[1].task_id).error == failure("x", "first")  # type: ignore[union-attr]
+    assert client.xlen(keys.JOURNAL) == 2
