@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -18,6 +19,10 @@ from shared.snapshots import open_store
 
 log = logging.getLogger(__name__)
 REBASE = 5.0  # seconds between two looks for a newer snapshot while the small graph grows
+# A rebase re-inserts what the snapshot lacks into a new small graph: only onto a snapshot that
+# lacks at most this share of the small graph (during a bulk import the writer's snapshots lag
+# the replica, and each rebase onto one re-inserted the lag and stalled queries while loading).
+REBASE_MAX_MISSING = 0.25
 
 
 class Replica:
@@ -87,6 +92,10 @@ class Replica:
             return
         if snapshots[0].name == self._rebase_tried:
             return  # it did not load, or came too late: wait for a newer one
+        missing = self._missing_from(snapshots[0].position)
+        if missing > REBASE_MAX_MISSING * self.catalog.overlay_items:
+            log.debug("replica: snapshot %s lacks %d of its entries", snapshots[0].name, missing)
+            return  # the writer is still behind: the small graph grows meanwhile
         self._rebase_tried = snapshots[0].name
         started = time.perf_counter()
         fresh, _ = Catalog.restore(self.settings, self.store, layered=True)
@@ -106,6 +115,14 @@ class Replica:
             "replica moved onto snapshot %s: %d items, %d since it, in %.2fs",
             snapshots[0].name, len(fresh), fresh.overlay_items, time.perf_counter() - started,
         )  # fmt: skip
+
+    def _missing_from(self, position: str) -> int:
+        """How many of the entries this replica applied come after position (0 if unknown)."""
+        first: Any = self.client.xrange(self.gen.journal, min=f"({position}", count=1)
+        seq = self.catalog.seq
+        if not first or seq is None or b"n" not in first[0][1]:
+            return 0
+        return max(0, seq - int(first[0][1][b"n"]) + 1)
 
     def serving(self) -> Generation:
         """The generation Redis says API replicas serve."""

@@ -27,7 +27,7 @@ from shared.settings import Settings
 
 OVERLAY_M = 8
 OVERLAY_EF_CONSTRUCTION = 40
-UPSERT_CHUNK = 64  # ids per write-lock hold: a query waits for at most this many inserts
+UPSERT_CHUNK = 16  # ids per write-lock hold: a query waits for at most this many inserts
 TIES_MAX = 1024  # items beyond the k-th that score the same as it, looked at to order them
 
 

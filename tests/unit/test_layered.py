@@ -148,6 +148,40 @@ def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_grap
         replica.stop()
 
 
+def test_a_replica_waits_for_a_snapshot_that_holds_most_of_its_small_graph(
+    client, redis_server, tmp_path, monkeypatch
+):
+    """A bulk import: the writer's snapshots lag the replica; a rebase onto one would insert
+    the lag again (and stall queries while it loads), so the small graph grows meanwhile."""
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    looked = []
+    missing_from = Replica._missing_from
+    monkeypatch.setattr(
+        Replica, "_missing_from", lambda self, at: looked.append(at) or missing_from(self, at)
+    )
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
+    store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
+    replica = Replica(settings, client).start()
+    try:
+        journal(client, 0, 20)
+        writer.apply(read_after(client, START, block_ms=None))
+        journal(client, 20, 20)
+        wait_until(lambda: len(replica.catalog) == 40, 10, "replica did not follow")
+        lagging = writer.save(store)  # 20 of the replica's 40: half of its small graph missing
+        assert lagging is not None
+        wait_until(lambda: lagging.position in looked, 10, "the replica did not look")
+        journal(client, 40, 1)
+        wait_until(lambda: len(replica.catalog) == 41, 10, "replica stopped following")
+        assert replica.catalog.base_position is None and replica.catalog.overlay_items == 41
+        writer.apply(read_after(client, writer.position, block_ms=None))
+        caught_up = writer.save(store)  # all of it
+        assert caught_up is not None
+        wait_until(lambda: replica.catalog.base_position == caught_up.position, 10, "no rebase")
+        assert len(replica.catalog) == 41 and replica.catalog.overlay_items == 0
+    finally:
+        replica.stop()
+
+
 def test_an_update_the_small_graph_refuses_keeps_the_snapshot_copy(base):
     layered = LayeredIndex(Settings(), base, DIM, MODEL)
     with pytest.raises(DimensionMismatch):
@@ -186,11 +220,11 @@ def test_a_replica_stays_on_its_snapshot_when_the_newer_one_does_not_load(
         second = writer.save(store)
         assert second is not None
         (second.folder / INDEX_FILE).write_bytes(b"not an index")  # newest: refused on load
-        journal(client, 25, 3)
+        journal(client, 25, 1)
         wait_until(lambda: replica._rebase_tried == second.name, 10, "no rebase was tried")
-        wait_until(lambda: len(replica.catalog) == 28, 10, "replica stopped following")
+        wait_until(lambda: len(replica.catalog) == 26, 10, "replica stopped following")
         assert replica.catalog is catalog and catalog.base_position == first.position
-        assert catalog.overlay_items == 8
+        assert catalog.overlay_items == 6
     finally:
         replica.stop()
 
