@@ -244,7 +244,7 @@ class Embedder:
         while the model runs the next, so that the caller publishes them meanwhile."""
         running: Future[list[Embedded | Exception]] | None = None
         for blobs in batches:
-            decoded = (self.gpu or self.decoder).decode_with_thumbnails(blobs)
+            decoded = (self.gpu or self.decoder).decode_with_thumbnails(blobs) if blobs else []
             started = self._model_thread.submit(self._embed_with_thumbnails, decoded)
             if running is not None:
                 yield running.result()

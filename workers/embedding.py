@@ -138,11 +138,12 @@ def process_batch(task_ids: list[str]) -> None:
         if results is None:
             assert broken is not None
             results = [broken] * len(jobs)
-        record_batch_stats(
-            embedder.forward_passes - passes, embedder.forward_seconds - busy, len(jobs),
-            chunk_started,
-        )  # fmt: skip
-        finish_all(jobs, results, embedder, index_model)
+        if jobs:  # not a chunk of redeliveries of finished tasks
+            record_batch_stats(
+                embedder.forward_passes - passes, embedder.forward_seconds - busy, len(jobs),
+                chunk_started,
+            )  # fmt: skip
+            finish_all(jobs, results, embedder, index_model)
     took = time.perf_counter() - started
     if took > settings.visibility_timeout / 2:
         log.warning(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 
-from api.replica import Replica
+from api.replica import FOLLOW_NICENESS, Replica
 from shared import keys
 from shared.catalog import Catalog
 from shared.errors import DimensionMismatch
@@ -284,3 +285,16 @@ def test_catch_up_unbroken_fails_at_once_on_a_journal_trimmed_past_it(client, tm
     catalog = Catalog(quick_settings(tmp_path))
     assert not catch_up_unbroken(client, catalog)
     assert len(catalog) == 0
+
+
+def test_the_following_thread_gives_way_to_queries_and_the_writer(client, redis_server, tmp_path):
+    process = os.getpriority(os.PRIO_PROCESS, 0)
+    replica = Replica(Settings(data_dir=tmp_path, redis_url=redis_server.url), client).start()
+    try:
+        wait_until(replica.loaded.is_set, 10, "the replica did not load")
+        thread = replica._thread.native_id
+        assert thread is not None
+        assert os.getpriority(os.PRIO_PROCESS, thread) == min(19, process + FOLLOW_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == process  # the request threads keep theirs
+    finally:
+        replica.stop()
