@@ -80,7 +80,10 @@ class Settings(BaseSettings):
 
     # The pipeline.
     batch_wait: float = Field(
-        0.05, gt=0, description="Seconds an embed worker waits to fill a batch."
+        0.05,
+        gt=0,
+        description="Seconds of quiet after which an embed worker runs a partial batch "
+        "(at most 20x this from its first message).",
     )
     visibility_timeout: int = Field(
         30, ge=5, description="Seconds before an unacknowledged task is redelivered."
