@@ -135,7 +135,8 @@ class TaskStore:
         delivery has finished meanwhile (nothing written) or whose guard refuses (it fails).
 
         True where the move was made. A task moved twice in one call moves once: the first.
-        A batch's moves cost four round trips however many there are, not four each."""
+        A batch's moves cost a few round trips (WATCH, the reads, MULTI/EXEC) however many there
+        are, not a few each."""
         if not moves:
             return []
         task_keys = [keys.task(move.record.task_id) for move in moves]
