@@ -16,11 +16,12 @@ MAX_FILL_INTERVALS = 20
 class FillingBatches(Batches):
     """Batches flushes a partial batch flush_interval after its first message came, however
     many are still coming. A solo worker fetches nothing while it runs a batch, then fetches
-    the backlog one message at a time (about 1.6 ms each on 2 busy cores, by a timeline probe:
-    64 take 100 ms, twice the default LOOKALIKE_BATCH_WAIT), so under a backlog the batches came out half full, and
-    each one leaves the model idle while it is claimed, decoded and published. Here a partial
-    batch goes only when no message has come for flush_interval (the queue is empty), or its
-    oldest has waited MAX_FILL_INTERVALS of them; a full one goes at once, as before."""
+    the backlog one message at a time (about 1.6 ms each on 2 busy cores, by a timeline
+    probe: 64 take 100 ms, twice the default LOOKALIKE_BATCH_WAIT), so under a backlog the
+    batches came out half full, and each one leaves the model idle while it is claimed,
+    decoded and published. Here a partial batch goes only when no message has come for
+    flush_interval (the queue is empty), or its oldest has waited MAX_FILL_INTERVALS of
+    them; a full one goes at once, as before."""
 
     _first_arrival = 0.0  # when the oldest buffered message came
     _last_arrival = 0.0
