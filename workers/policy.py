@@ -12,24 +12,30 @@ from shared.settings import Settings
 # 1/TIME_DUTY when a few trickle in: the pause between two is a multiple of the last one's length.
 SIZE_DUTY = 4
 TIME_DUTY = 10
+# Once the writer has caught up with the journal (a burst is over) it has nothing else to do: a
+# snapshot is due by size at this share of the usual threshold, so that the end of a bulk import
+# is saved (and the journal behind it trimmed) without waiting out the time rule.
+CAUGHT_UP_SHARE = 1 / SIZE_DUTY
 
 
 @dataclass
 class SnapshotPolicy:
     """Due when the entries since the last snapshot reach a share of the index (at least
-    snapshot_every), or by time while anything changed, or, once idle, to let the journal be
-    trimmed up to the newest snapshot (the two kept ones then hold the same position)."""
+    snapshot_every; a quarter of that share once the writer has caught up), or by time while
+    anything changed, or, once idle, to let the journal be trimmed up to the newest snapshot
+    (the two kept ones then hold the same position)."""
 
     settings: Settings
     last_at: float = field(default_factory=time.monotonic)
     last_seconds: float = 0.0
     trim_pending: bool = False  # the journal still holds entries the newest snapshot covers
 
-    def due(self, unsaved: int, items: int, now: float | None = None) -> bool:
+    def due(
+        self, unsaved: int, items: int, now: float | None = None, caught_up: bool = False
+    ) -> bool:
         elapsed = (time.monotonic() if now is None else now) - self.last_at
-        by_size = unsaved >= max(
-            self.settings.snapshot_every, self.settings.snapshot_fraction * items
-        )
+        share = self.settings.snapshot_fraction * (CAUGHT_UP_SHARE if caught_up else 1.0)
+        by_size = unsaved >= max(self.settings.snapshot_every, share * items)
         if by_size:
             return elapsed >= SIZE_DUTY * self.last_seconds
         gap = max(self.settings.snapshot_interval, TIME_DUTY * self.last_seconds)

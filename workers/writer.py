@@ -34,6 +34,7 @@ LOCK_TTL = 15.0
 # hnswlib writes a snapshot holding the GIL, so the renewal thread cannot run meanwhile: the lock
 # is extended first, past what the save can take (18 s for 580k items here, 3e-5 s an item).
 SAVE_SECONDS_PER_ITEM = 1e-4
+JOURNAL_READ = 1000  # entries a read; a shorter read means the writer has caught up
 
 
 class IndexWriter:
@@ -123,13 +124,16 @@ class IndexWriter:
         # entry may come to be applied (a snapshot that holds the whole journal).
         self._report(catalog)
         while not self.stop_event.is_set() and self.holding.is_set():
-            entries = read_after(self.client, catalog.position, block_ms=500, gen=self.gen)
+            entries = read_after(
+                self.client, catalog.position, count=JOURNAL_READ, block_ms=500, gen=self.gen
+            )
             unsaved += catalog.apply(entries)
             if entries:
                 self._report(catalog)
             if self.sweeper.due():
                 self.sweeper.sweep()
-            if policy.due(unsaved, len(catalog)) and catalog.index is not None:
+            caught_up = len(entries) < JOURNAL_READ
+            if policy.due(unsaved, len(catalog), caught_up=caught_up) and catalog.index is not None:
                 started = time.monotonic()
                 kept_from = self.snapshot(catalog)
                 policy.done(time.monotonic() - started, kept_from != catalog.position)
