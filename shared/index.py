@@ -127,6 +127,7 @@ class VectorIndex:
         ef_search: int = 64,
         capacity: int = 1024,
         projection: Projection | None = None,
+        insert_threads: int = -1,
     ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be at least 1, got {dim}")
@@ -143,6 +144,7 @@ class VectorIndex:
             allow_replace_deleted=True,
         )
         self._attach(index, model_id, ef_search, {}, 0, None, projection=projection)
+        self.insert_threads = insert_threads
 
     def _attach(
         self,
@@ -171,6 +173,7 @@ class VectorIndex:
         index.set_ef(ef_search)
         self._lock = RWLock()
         self._save_lock = threading.Lock()
+        self.insert_threads = -1  # hnswlib threads an insert uses (-1: one per core)
 
     @classmethod
     def from_settings(cls, settings: Settings, dim: int, model_id: str) -> VectorIndex:
@@ -288,7 +291,7 @@ class VectorIndex:
                     dropped.append(self._ids.pop(label))
                     del self._labels[dropped[-1]]
                 if usable.any():
-                    index.add_items(data[usable], chunk[usable], num_threads=-1)
+                    index.add_items(data[usable], chunk[usable], num_threads=self.insert_threads)
             self._index, self.projection, self._vacant = index, projection, 0
         return dropped
 
@@ -315,7 +318,7 @@ class VectorIndex:
                 self._index.add_items(
                     data[[rows[id_] for id_ in known]],
                     np.array([self._labels[id_] for id_ in known], dtype=np.uint64),
-                    num_threads=-1,
+                    num_threads=self.insert_threads,
                     replace_deleted=False,
                 )
             if new:
@@ -330,7 +333,9 @@ class VectorIndex:
         # Labels are never reused, even when the add below fails part-way.
         self._next_label += len(ids)
         labels = np.arange(first, first + len(ids), dtype=np.uint64)
-        self._index.add_items(data, labels, num_threads=-1, replace_deleted=True)
+        self._index.add_items(
+            data, labels, num_threads=self.insert_threads, replace_deleted=True
+        )
         self._vacant = max(0, self._vacant - len(ids))
         for id_, label in zip(ids, labels.tolist(), strict=True):
             self._labels[id_] = label

@@ -27,6 +27,9 @@ from shared.settings import Settings
 
 OVERLAY_M = 8
 OVERLAY_EF_CONSTRUCTION = 40
+# Following uses one core at most, whatever the host has: the others stay free for queries
+# (and, on a host shared with the writer, for its graph building).
+OVERLAY_INSERT_THREADS = 1
 UPSERT_CHUNK = 16  # ids per write-lock hold: a query waits for at most this many inserts
 TIES_MAX = 1024  # items beyond the k-th that score the same as it, looked at to order them
 
@@ -45,7 +48,7 @@ class LayeredIndex:
         self.base = base
         self.overlay = VectorIndex(
             dim, model_id, m=OVERLAY_M, ef_construction=OVERLAY_EF_CONSTRUCTION,
-            ef_search=settings.hnsw_ef_search,
+            ef_search=settings.hnsw_ef_search, insert_threads=OVERLAY_INSERT_THREADS,
         )  # fmt: skip
         self.model_id = model_id
         self.journal_position = None if base is None else base.journal_position

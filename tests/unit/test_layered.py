@@ -17,7 +17,7 @@ from shared.errors import DimensionMismatch
 from shared.follower import catch_up_unbroken, read_after, trim_before
 from shared.index import INDEX_FILE, Projection, VectorIndex
 from shared.journal import START, JournalEntry, append, delete_entry, upsert_entry
-from shared.layered import OVERLAY_EF_CONSTRUCTION, LayeredIndex
+from shared.layered import OVERLAY_EF_CONSTRUCTION, OVERLAY_INSERT_THREADS, LayeredIndex
 from shared.model_id import EMBEDDING_DIM
 from shared.settings import Settings
 from shared.snapshots import SnapshotStore
@@ -49,6 +49,32 @@ def test_changes_go_to_the_small_graph_and_hide_the_snapshot_copies(base):
     hits = layered.query(moved[0], 2)
     assert {hit[0] for hit in hits} == {"b3", "new"}  # the new copy, not the snapshot's
     assert layered.delete(["b3", "b4"]) == 2 and "b3" not in layered and len(layered) == 199
+
+
+class CountingThreads:
+    """An hnswlib index that records the threads each add_items asks for."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+        self.asked: list[int] = []
+
+    def add_items(self, *args: Any, num_threads: int, **kwargs: Any) -> Any:
+        self.asked.append(num_threads)
+        return self.index.add_items(*args, num_threads=num_threads, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.index, name)
+
+
+def test_following_inserts_with_one_thread_and_the_writer_with_all(base):
+    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+    layered.overlay._index = overlay = CountingThreads(layered.overlay._index)  # type: ignore[assignment]
+    base._index = writer = CountingThreads(base._index)  # type: ignore[assignment]
+    layered.upsert([f"n{n}" for n in range(40)], vectors(40, seed=3))
+    base.upsert(["w1", "w2"], vectors(2, seed=4))
+    assert overlay.asked == [OVERLAY_INSERT_THREADS] * 3 == [1, 1, 1]  # 40 ids, 16 a hold
+    assert writer.asked == [-1]
+    assert len(layered) == 242
 
 
 def test_answers_equal_a_single_graph_of_the_same_vectors(base):
