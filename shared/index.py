@@ -333,9 +333,7 @@ class VectorIndex:
         # Labels are never reused, even when the add below fails part-way.
         self._next_label += len(ids)
         labels = np.arange(first, first + len(ids), dtype=np.uint64)
-        self._index.add_items(
-            data, labels, num_threads=self.insert_threads, replace_deleted=True
-        )
+        self._index.add_items(data, labels, num_threads=self.insert_threads, replace_deleted=True)
         self._vacant = max(0, self._vacant - len(ids))
         for id_, label in zip(ids, labels.tolist(), strict=True):
             self._labels[id_] = label
