@@ -15,7 +15,7 @@ from shared.journal import START, JournalEntry
 from shared.layered import LayeredIndex
 from shared.model_id import EMBEDDING_DIM
 from shared.settings import Settings
-from shared.snapshots import Loaded, Snapshot, SnapshotStore
+from shared.snapshots import Loaded, PendingSnapshot, Snapshot, SnapshotStore
 
 log = logging.getLogger(__name__)
 Hit = dict[str, Any]
@@ -326,12 +326,19 @@ class Catalog:
 
     def save(self, store: SnapshotStore) -> Snapshot | None:
         """Snapshot vectors and metadata together at the current journal position."""
+        pending = self.begin_save(store, fork=False)
+        return None if pending is None else store.commit(pending)
+
+    def begin_save(self, store: SnapshotStore, fork: bool = True) -> PendingSnapshot | None:
+        """Start a snapshot of the catalog as it is now (see VectorIndex.begin_save); the
+        store's commit() publishes it."""
         if self.index is None:
             return None
         assert isinstance(self.index, VectorIndex), "a replica's layered index is not saved"
         with self._lock:
             metadata = {pid: dict(meta) for pid, meta in self.metadata.items()}
-        return store.publish(self.index, self.position, {"metadata": metadata, "seq": self.seq})
+        extra = {"metadata": metadata, "seq": self.seq}
+        return store.begin(self.index, self.position, extra, fork)
 
 
 def _id_order(product_id: str) -> tuple[int, int, str]:

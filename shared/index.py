@@ -507,20 +507,39 @@ class VectorIndex:
     ) -> dict[str, Any]:
         """Write the index file into folder, durably, and return its manifest (not written:
         committing the snapshot is the caller's, see shared.snapshots)."""
+        return self.begin_save(folder, journal_position, extra, fork=False).finish()
+
+    def begin_save(
+        self,
+        folder: Path,
+        journal_position: str | None = None,
+        extra: dict[str, Any] | None = None,
+        fork: bool = True,
+    ) -> PendingSave:
+        """Start writing the index file as the index is now; PendingSave.finish() seals it.
+
+        With fork (where the OS has it), a forked copy of this process writes the file, as
+        Redis' BGSAVE does: changes go on at once, and the pages they touch meanwhile are
+        copied. Without, it is written here before this returns (hnswlib holds the GIL).
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         position = self.journal_position if journal_position is None else journal_position
+        path = folder / INDEX_FILE
         with self._save_lock:
             # Shared is enough: writing the file only reads the graph, so queries go on while
             # changes wait.
             with self._lock.read():
-                self._index.save_index(str(folder / INDEX_FILE))
+                if fork and hasattr(os, "fork"):
+                    child: int | None = _write_in_child(self._index, path)
+                else:
+                    child = None
+                    self._index.save_index(str(path))
                 manifest = self._manifest(position)
             manifest["extra"] = self.extra if extra is None else extra
-            manifest.update(_seal_file(folder / INDEX_FILE))
             self.journal_position = position
             self.extra = manifest["extra"]
-        return manifest
+        return PendingSave(path, manifest, child)
 
     def _manifest(self, journal_position: str | None) -> dict[str, Any]:
         projected = self.projection is not None
@@ -668,6 +687,42 @@ def verify_file(path: Path, size: int, sha256: str) -> None:
         raise SnapshotError(f"snapshot index file {path} is missing") from None
     if digest != sha256:
         raise SnapshotError(f"snapshot index file {path} is corrupt: sha256 does not match")
+
+
+@dataclass
+class PendingSave:
+    """An index file being written (by child, a forked process, if not None)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    child: int | None = None
+
+    def finish(self) -> dict[str, Any]:
+        """Wait for the file, make it durable; the manifest with its size and SHA-256."""
+        if self.child is not None:
+            _, status = os.waitpid(self.child, 0)
+            self.child = None
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                raise SnapshotError(f"writing snapshot index file {self.path} failed ({code})")
+        self.manifest.update(_seal_file(self.path))
+        return self.manifest
+
+
+def _write_in_child(index: hnswlib.Index, path: Path) -> int:
+    """Fork; the child writes the graph as it was at the fork and leaves at once (no Python
+    clean-up: nothing of the parent's, such as its sockets or buffered output, is touched).
+
+    Exit status 0 only for a whole file: hnswlib does not check its writes (a full disk)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            index.save_index(str(path))
+            code = 0 if os.path.getsize(path) == index.index_file_size() else 2
+        finally:
+            os._exit(code)
+    return pid
 
 
 def _seal_file(path: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from shared.snapshots import (
     MANIFEST,
     PARTIAL,
     Loaded,
+    PendingSnapshot,
     Snapshot,
     SnapshotStore,
     is_snapshot_name,
@@ -64,17 +65,28 @@ class S3SnapshotStore(SnapshotStore):
     def _key(self, name: str, file: str) -> str:
         return "/".join(part for part in (self.prefix, name, file) if part)
 
-    def publish(self, index: VectorIndex, position: str, extra: dict[str, Any]) -> Snapshot:
-        """The index file first, the manifest last; the local copy is kept as this host's."""
-        self._ensure_bucket()
+    def begin(
+        self, index: VectorIndex, position: str, extra: dict[str, Any], fork: bool = True
+    ) -> PendingSnapshot:
+        """Start writing the index file into this host's local copy (see begin_save)."""
         name = snapshot_name(position)
         folder = self.root / name
-        manifest = index.save(folder, position, extra)
-        self.s3.upload_file(str(folder / INDEX_FILE), self.bucket, self._key(name, INDEX_FILE))
+        return PendingSnapshot(
+            name, folder, position, index.begin_save(folder, position, extra, fork)
+        )
+
+    def commit(self, pending: PendingSnapshot) -> Snapshot:
+        """The index file first, the manifest last; the local copy is kept as this host's."""
+        self._ensure_bucket()
+        manifest = pending.save.finish()
+        name = pending.name
+        self.s3.upload_file(
+            str(pending.folder / INDEX_FILE), self.bucket, self._key(name, INDEX_FILE)
+        )
         body = json.dumps(manifest).encode()
         self.s3.put_object(Bucket=self.bucket, Key=self._key(name, MANIFEST), Body=body)
-        (folder / MANIFEST).write_bytes(body)
-        return Snapshot(name, folder, position)
+        (pending.folder / MANIFEST).write_bytes(body)
+        return Snapshot(name, pending.folder, pending.position)
 
     def _objects(self) -> dict[str, set[str]]:
         """Snapshot name -> the files of it in the bucket."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import SnapshotError
-from shared.index import VectorIndex
+from shared.index import PendingSave, VectorIndex
 from shared.journal import position_key
 from shared.keys import MAIN, Generation
 from shared.settings import Settings
@@ -41,6 +41,16 @@ class Snapshot:
 
 
 @dataclass
+class PendingSnapshot:
+    """A snapshot whose index file is being written: the store's commit() makes it one."""
+
+    name: str
+    folder: Path
+    position: str
+    save: PendingSave
+
+
+@dataclass
 class Loaded:
     """The newest snapshot that loaded, if any, and why newer ones were refused."""
 
@@ -57,15 +67,27 @@ class SnapshotStore:
         self.keep = max(keep, 1)
 
     def publish(self, index: VectorIndex, position: str, extra: dict[str, Any]) -> Snapshot:
-        """Write a snapshot at position: files into a partial folder, manifest, then rename."""
+        """Write a snapshot at position, here and now."""
+        return self.commit(self.begin(index, position, extra, fork=False))
+
+    def begin(
+        self, index: VectorIndex, position: str, extra: dict[str, Any], fork: bool = True
+    ) -> PendingSnapshot:
+        """Start writing a snapshot at position into a partial folder (see begin_save)."""
         name = snapshot_name(position)
         partial = self.root / f"{name}{PARTIAL}"
-        manifest = index.save(partial, position, extra)
-        _write_durably(partial / MANIFEST, json.dumps(manifest).encode())
-        final = self.root / name
-        os.replace(partial, final)
+        return PendingSnapshot(
+            name, partial, position, index.begin_save(partial, position, extra, fork)
+        )
+
+    def commit(self, pending: PendingSnapshot) -> Snapshot:
+        """Seal the index file, write the manifest, then rename the folder: now it exists."""
+        manifest = pending.save.finish()
+        _write_durably(pending.folder / MANIFEST, json.dumps(manifest).encode())
+        final = self.root / pending.name
+        os.replace(pending.folder, final)
         _fsync_directory(self.root)
-        return Snapshot(name, final, position)
+        return Snapshot(pending.name, final, pending.position)
 
     def snapshots(self) -> list[Snapshot]:
         """Committed snapshots (a folder with a manifest), newest first."""

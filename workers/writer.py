@@ -24,7 +24,7 @@ from shared.keys import Generation
 from shared.queue import make_celery
 from shared.records import connect
 from shared.settings import Settings, get_settings
-from shared.snapshots import open_store
+from shared.snapshots import PendingSnapshot, open_store
 from workers.policy import SnapshotPolicy
 from workers.restore import restore
 from workers.sweeper import Sweeper
@@ -53,6 +53,8 @@ class IndexWriter:
         self.stop_event = threading.Event()
         self.last_snapshot_seconds = 0.0
         self.hold_seconds = LOCK_TTL  # the TTL each renewal sets (longer while saving)
+        self._commit: threading.Thread | None = None  # the snapshot being committed
+        self._outcome: tuple[float, bool] | BaseException | None = None
 
     def run(self) -> None:
         log.info("waiting for the writer lock of generation %s (%s)", self.gen.label, self.token)
@@ -123,23 +125,28 @@ class IndexWriter:
         # Where a restore left it, at once: the last report may be an earlier holder's, and no
         # entry may come to be applied (a snapshot that holds the whole journal).
         self._report(catalog)
-        while not self.stop_event.is_set() and self.holding.is_set():
-            entries = read_after(
-                self.client, catalog.position, count=JOURNAL_READ, block_ms=500, gen=self.gen
-            )
-            unsaved += catalog.apply(entries)
-            if entries:
-                self._report(catalog)
-            if self.sweeper.due():
-                self.sweeper.sweep()
-            caught_up = len(entries) < JOURNAL_READ
-            if policy.due(unsaved, len(catalog), caught_up=caught_up) and catalog.index is not None:
-                started = time.monotonic()
-                kept_from = self.snapshot(catalog)
-                policy.done(time.monotonic() - started, kept_from != catalog.position)
-                unsaved = 0
-        if unsaved and self.holding.is_set():
-            self.snapshot(catalog)
+        try:
+            while not self.stop_event.is_set() and self.holding.is_set():
+                entries = read_after(
+                    self.client, catalog.position, count=JOURNAL_READ, block_ms=500, gen=self.gen
+                )
+                unsaved += catalog.apply(entries)
+                if entries:
+                    self._report(catalog)
+                if self.sweeper.due():
+                    self.sweeper.sweep()
+                if self._commit is not None and not self._commit.is_alive():
+                    policy.done(*self.wait_committed())
+                caught_up = len(entries) < JOURNAL_READ
+                ready = self._commit is None and catalog.index is not None
+                if ready and policy.due(unsaved, len(catalog), caught_up=caught_up):
+                    self.snapshot(catalog)
+                    unsaved = 0
+            if unsaved and self.holding.is_set():
+                self.wait_committed()
+                self.snapshot(catalog)
+        finally:
+            self.wait_committed()
 
     def _report(self, catalog: Catalog) -> None:
         """Where the writer is, for /metrics and /readyz (its lag behind the journal's head)."""
@@ -149,18 +156,52 @@ class IndexWriter:
             pipe.set(self.gen.writer_seq, catalog.seq)
         pipe.execute()
 
-    def snapshot(self, catalog: Catalog) -> str | None:
-        """Publish, prune to the newest kept, trim the journal back to the oldest kept (its
-        position, returned)."""
+    def snapshot(self, catalog: Catalog) -> None:
+        """Start a snapshot of the catalog as it is now, committed in the background
+        (wait_committed() waits for it): applying the journal goes on meanwhile."""
         started = time.perf_counter()
         try:
             if not self.still_holding() or not self._hold_through_save(len(catalog)):
                 log.warning("not the writer any more: no snapshot")
-                return None
-            snapshot = catalog.save(self.store)
+                return
+            pending = catalog.begin_save(self.store)
         finally:
             self.hold_seconds = LOCK_TTL  # also when the extension failed
-        self.last_snapshot_seconds = time.perf_counter() - started
+        if pending is None:
+            return
+        self._outcome = None
+        self._commit = threading.Thread(
+            target=self._publish, args=(pending, len(catalog), started), name="snapshot"
+        )
+        self._commit.start()
+
+    def wait_committed(self) -> tuple[float, bool]:
+        """Wait for the snapshot being committed, if any: its seconds, and whether the journal
+        still holds entries the newest snapshot covers. Raises what the commit raised."""
+        if self._commit is not None:
+            self._commit.join()
+            self._commit = None
+        outcome, self._outcome = self._outcome, None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome or (0.0, False)
+
+    def _publish(self, pending: PendingSnapshot, items: int, started: float) -> None:
+        """Commit, prune to the newest kept, trim the journal back to the oldest kept."""
+        try:
+            self._outcome = self._commit_and_trim(pending, items, started)
+        except BaseException as exc:  # told to the main thread, which stops on it
+            self._outcome = exc
+
+    def _commit_and_trim(
+        self, pending: PendingSnapshot, items: int, started: float
+    ) -> tuple[float, bool]:
+        if not self.still_holding():
+            log.warning("not the writer any more: snapshot %s not committed", pending.name)
+            pending.save.finish()  # the partial folder is pruned by whoever holds the lock
+            return time.perf_counter() - started, False
+        self.store.commit(pending)
+        seconds = self.last_snapshot_seconds = time.perf_counter() - started
         pruned = self.store.prune(still_allowed=self.still_holding)
         kept_from = self.store.kept_from()
         trimmed = 0
@@ -168,10 +209,10 @@ class IndexWriter:
             trimmed = trim_before(self.client, kept_from, self.gen)
         log.info(
             "snapshot %s: %d items in %.2fs; pruned %d; journal trimmed by %d to %s",
-            snapshot.name if snapshot else "-", len(catalog), time.perf_counter() - started,
+            pending.name, items, time.perf_counter() - started,
             len(pruned), trimmed, kept_from or "its start",
         )  # fmt: skip
-        return kept_from
+        return seconds, kept_from != pending.position
 
 
 def main() -> None:

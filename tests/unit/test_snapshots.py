@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from shared.errors import SnapshotError
 from shared.index import INDEX_FILE, VectorIndex
 from shared.snapshots import MANIFEST, PARTIAL, SnapshotStore, position_of, snapshot_name
 from tests.support.damage import HOW, damage
@@ -118,3 +120,55 @@ def test_manifest_records_sizes_digest_position_and_model(tmp_path: Path):
     assert manifest["model_id"] == MODEL
     assert manifest["index_bytes"] == (snapshot.folder / INDEX_FILE).stat().st_size
     assert len(manifest["index_sha256"]) == 64
+
+
+CHANGES = {
+    "new items": lambda index: index.upsert(["x1", "x2"], np.ones((2, DIM))),
+    "a vector replaced": lambda index: index.upsert(["p0"], np.full((1, DIM), 7.0)),
+    "items deleted": lambda index: index.delete(["p1", "p2"]),
+    "many new items (a resize)": lambda index: index.upsert(
+        [f"y{n}" for n in range(200)], np.abs(np.random.default_rng(5).normal(size=(200, DIM)))
+    ),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=list(CHANGES))
+def test_a_snapshot_begun_holds_the_index_as_it_was_whatever_changes_follow(tmp_path, change):
+    index = index_of(5)
+    before = {id_: index.get_vector(id_) for id_ in index.ids()}
+    store = SnapshotStore(tmp_path)
+    pending = store.begin(index, "10-0", {})
+    change(index)  # while the forked copy writes the file
+    snapshot = store.commit(pending)
+    loaded = store.load_newest(MODEL).index
+    assert loaded is not None and snapshot.position == "10-0"
+    assert sorted(loaded.ids()) == sorted(before)
+    for id_, vector in before.items():
+        np.testing.assert_allclose(loaded.get_vector(id_), vector, rtol=1e-6)
+    after = {id_: index.get_vector(id_).tolist() for id_ in index.ids()}
+    assert after != {id_: vector.tolist() for id_, vector in before.items()}  # it did change
+
+
+class FailingSave:
+    """An hnswlib index whose save_index fails (in the forked copy that calls it)."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+
+    def save_index(self, path: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.index, name)
+
+
+def test_a_snapshot_whose_file_cannot_be_written_is_never_committed(tmp_path):
+    store = SnapshotStore(tmp_path)
+    store.publish(index_of(2), "10-0", {})
+    broken = index_of(3)
+    broken._index = FailingSave(broken._index)  # type: ignore[assignment]
+    failing = store.begin(broken, "20-0", {})
+    assert failing.save.child is not None  # written by a forked copy of this process
+    with pytest.raises(SnapshotError, match=r"writing snapshot index file .* failed \(1\)"):
+        store.commit(failing)
+    assert [snap.position for snap in store.snapshots()] == ["10-0"]
