@@ -5,19 +5,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
 
 import redis
 
+from api.traffic import Traffic
 from shared import keys
 from shared.catalog import Catalog
 from shared.follower import catch_up, catch_up_unbroken, read_after, trimmed_past
 from shared.journal import START, position_key
 from shared.keys import MAIN, Generation
 from shared.settings import Settings
-from shared.snapshots import open_store
+from shared.snapshots import Loaded, SnapshotStore, open_store
 
 log = logging.getLogger(__name__)
 REBASE = 5.0  # seconds between two looks for a newer snapshot while the small graph grows
@@ -28,6 +30,13 @@ REBASE_MAX_MISSING = 0.25
 # The following thread's niceness above the process's: on a busy host queries and the writer
 # come first, and a bulk import reaches this replica a little later (at low rates, no change).
 FOLLOW_NICENESS = 10
+# The following thread's Python (parsing the journal, bookkeeping) holds the GIL between inserts,
+# and a request thread waiting for it got it only after Python's switch interval (5 ms), several
+# times a request: while a replica follows, a waiting thread asks it back after this long.
+FOLLOW_SWITCH_INTERVAL = 0.0005
+# The longest a chunk of changes waits for no request to be in flight: under a steady stream
+# of queries following still goes on (a chunk at least this often), a new item later.
+FOLLOW_WAIT = 0.01
 
 
 class Replica:
@@ -38,12 +47,17 @@ class Replica:
     other, never a mix. The one it served stays as `previous` for searches embedded with its model.
     """
 
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, traffic: Traffic | None = None
+    ) -> None:
         self.settings = settings
         self.client = client
+        # Following waits for a lull in this process's requests before each chunk of changes
+        # (at most FOLLOW_WAIT): a query then rarely waits for the index's lock.
+        self.traffic = traffic or Traffic(FOLLOW_WAIT)
         self.gen = MAIN
         self.store = open_store(settings)
-        self.catalog = Catalog(settings, layered=True)
+        self.catalog = Catalog(settings, layered=True, pause=self.traffic.lull)
         self.previous: Catalog | None = None
         self._rebase_checked = time.monotonic()
         self._rebase_tried: str | None = None  # the newest snapshot a rebase last looked at
@@ -62,6 +76,7 @@ class Replica:
 
     def _run(self) -> None:
         give_way()
+        sys.setswitchinterval(FOLLOW_SWITCH_INTERVAL)
         while not self._stop.is_set():
             try:
                 self._follow()
@@ -104,7 +119,7 @@ class Replica:
             return  # the writer is still behind: the small graph grows meanwhile
         self._rebase_tried = snapshots[0].name
         started = time.perf_counter()
-        fresh, _ = Catalog.restore(self.settings, self.store, layered=True)
+        fresh, _ = self._restore(self.store)
         loaded_at = fresh.position
         # The newest snapshot may not load (load_newest then falls back to an older one): move
         # only forward, and only onto a snapshot the journal still follows on from, or entries
@@ -130,6 +145,9 @@ class Replica:
             return 0
         return max(0, seq - int(first[0][1][b"n"]) + 1)
 
+    def _restore(self, store: SnapshotStore) -> tuple[Catalog, Loaded]:
+        return Catalog.restore(self.settings, store, layered=True, pause=self.traffic.lull)
+
     def serving(self) -> Generation:
         """The generation Redis says API replicas serve."""
         raw = self.client.get(keys.SERVING)
@@ -139,7 +157,7 @@ class Replica:
         """Load gen whole (snapshot, then the journal to its head), then serve it."""
         started = time.perf_counter()
         store = open_store(self.settings, gen)
-        fresh, _ = Catalog.restore(self.settings, store, layered=True)
+        fresh, _ = self._restore(store)
         catch_up(self.client, fresh, gen)
         self.previous, self.store, self.gen, self.catalog = self.catalog, store, gen, fresh
         log.info(
@@ -148,7 +166,7 @@ class Replica:
         )  # fmt: skip
 
     def _reload_helps(self, before: str) -> bool:
-        fresh, _ = Catalog.restore(self.settings, self.store, layered=True)
+        fresh, _ = self._restore(self.store)
         if position_key(fresh.position) > position_key(before):
             self.catalog = fresh
             log.info("replica reloaded %d items at %s", len(fresh), fresh.position)
@@ -163,7 +181,7 @@ class Replica:
         started = time.perf_counter()
         self.gen = self.serving()
         self.store = open_store(self.settings, self.gen)
-        self.catalog, _ = Catalog.restore(self.settings, self.store, layered=True)
+        self.catalog, _ = self._restore(self.store)
         self.loaded.set()
         log.info(
             "replica loaded %d items at %s in %.2fs",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,9 +25,14 @@ class Catalog:
     """Vectors and metadata at one journal position; snapshot + later entries = the index."""
 
     def __init__(
-        self, settings: Settings, index: VectorIndex | None = None, layered: bool = False
+        self,
+        settings: Settings,
+        index: VectorIndex | None = None,
+        layered: bool = False,
+        pause: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings
+        self._pause = pause  # a layered index's, before each chunk of changes
         # An API replica's: changes go to a small graph over the snapshot's (shared.layered).
         # Not in the reduced-memory mode, nor over a snapshot projected by it (the index's
         # space wins over the settings', see _check_dims): the replica builds those whole.
@@ -36,7 +41,7 @@ class Catalog:
         )
         self.index: VectorIndex | LayeredIndex | None = index
         if self.layered and index is not None:
-            self.index = LayeredIndex(settings, index, index.dim, index.model_id)
+            self.index = LayeredIndex(settings, index, index.dim, index.model_id, pause)
         self.position = START if index is None else (index.journal_position or START)
         # The journal number of the entry at position (None: unknown, before numbering).
         self.seq: int | None = None if index is None else index.extra.get("seq")
@@ -52,12 +57,16 @@ class Catalog:
 
     @classmethod
     def restore(
-        cls, settings: Settings, store: SnapshotStore, layered: bool = False
+        cls,
+        settings: Settings,
+        store: SnapshotStore,
+        layered: bool = False,
+        pause: Callable[[], object] | None = None,
     ) -> tuple[Catalog, Loaded]:
         """The catalog of the newest snapshot that loads (empty when none does), and how the
         snapshots fared: the caller applies the journal after catalog.position."""
         loaded = store.load_newest(ef_search=settings.hnsw_ef_search)
-        return cls(settings, loaded.index, layered), loaded
+        return cls(settings, loaded.index, layered, pause), loaded
 
     @property
     def base_position(self) -> str | None:
@@ -207,7 +216,9 @@ class Catalog:
 
     def _accepts(self, entry: JournalEntry) -> bool:
         if self.index is None and self.layered:
-            self.index = LayeredIndex(self.settings, None, EMBEDDING_DIM, entry.model_id)
+            self.index = LayeredIndex(
+                self.settings, None, EMBEDDING_DIM, entry.model_id, self._pause
+            )
         elif self.index is None:
             self.index = VectorIndex.from_settings(self.settings, EMBEDDING_DIM, entry.model_id)
         if entry.model_id != self.index.model_id:

@@ -15,7 +15,7 @@ product in exactly one of the two graphs, never in both and never in neither.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ OVERLAY_EF_CONSTRUCTION = 40
 # Following uses one core at most, whatever the host has: the others stay free for queries
 # (and, on a host shared with the writer, for its graph building).
 OVERLAY_INSERT_THREADS = 1
-UPSERT_CHUNK = 16  # ids per write-lock hold: a query waits for at most this many inserts
+UPSERT_CHUNK = 4  # ids per write-lock hold: a query waits for at most this many inserts
 TIES_MAX = 1024  # items beyond the k-th that score the same as it, looked at to order them
 
 
@@ -42,7 +42,14 @@ class LayeredIndex:
 
     projection = None  # the reduced-memory mode (a projection) builds the replica's graph itself
 
-    def __init__(self, settings: Settings, base: VectorIndex | None, dim: int, model_id: str):
+    def __init__(
+        self,
+        settings: Settings,
+        base: VectorIndex | None,
+        dim: int,
+        model_id: str,
+        pause: Callable[[], object] | None = None,
+    ):
         if base is not None and base.projection is not None:
             raise ValueError("a projected index is not layered: its replica builds it whole")
         self.base = base
@@ -53,6 +60,7 @@ class LayeredIndex:
         self.model_id = model_id
         self.journal_position = None if base is None else base.journal_position
         self.extra: dict[str, Any] = {} if base is None else base.extra
+        self.pause = pause  # called before each chunk of changes, outside the lock
         self._lock = RWLock()
 
     @property
@@ -78,6 +86,8 @@ class LayeredIndex:
         # In chunks, so that queries wait for one chunk's inserts, never a whole journal read.
         for start in range(0, len(ids), UPSERT_CHUNK):
             chunk = ids[start : start + UPSERT_CHUNK]
+            if self.pause is not None:
+                self.pause()
             with self._lock.write():
                 # The overlay first: when it refuses the vectors, the base keeps its copies.
                 self.overlay.upsert(chunk, vectors[start : start + UPSERT_CHUNK])

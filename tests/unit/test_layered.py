@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,12 @@ from shared.errors import DimensionMismatch
 from shared.follower import catch_up_unbroken, read_after, trim_before
 from shared.index import INDEX_FILE, Projection, VectorIndex
 from shared.journal import START, JournalEntry, append, delete_entry, upsert_entry
-from shared.layered import OVERLAY_EF_CONSTRUCTION, OVERLAY_INSERT_THREADS, LayeredIndex
+from shared.layered import (
+    OVERLAY_EF_CONSTRUCTION,
+    OVERLAY_INSERT_THREADS,
+    UPSERT_CHUNK,
+    LayeredIndex,
+)
 from shared.model_id import EMBEDDING_DIM
 from shared.settings import Settings
 from shared.snapshots import SnapshotStore
@@ -72,9 +78,26 @@ def test_following_inserts_with_one_thread_and_the_writer_with_all(base):
     base._index = writer = CountingThreads(base._index)  # type: ignore[assignment]
     layered.upsert([f"n{n}" for n in range(40)], vectors(40, seed=3))
     base.upsert(["w1", "w2"], vectors(2, seed=4))
-    assert overlay.asked == [OVERLAY_INSERT_THREADS] * 3 == [1, 1, 1]  # 40 ids, 16 a hold
+    assert overlay.asked == [OVERLAY_INSERT_THREADS] * -(-40 // UPSERT_CHUNK)  # a hold each
+    assert OVERLAY_INSERT_THREADS == 1
     assert writer.asked == [-1]
     assert len(layered) == 242
+
+
+def test_changes_pause_before_each_chunk_outside_the_lock(base):
+    answered: list[bool] = []
+    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+
+    def pause() -> None:  # a query from another thread runs meanwhile: the lock is free
+        query = threading.Thread(target=layered.query, args=(vectors(1)[0], 3))
+        query.start()
+        query.join(5)
+        answered.append(not query.is_alive())
+
+    layered.pause = pause
+    layered.upsert([f"n{n}" for n in range(10)], vectors(10, seed=3))
+    assert answered == [True] * -(-10 // UPSERT_CHUNK)
+    assert len(layered) == 210
 
 
 def test_answers_equal_a_single_graph_of_the_same_vectors(base):
