@@ -119,7 +119,7 @@ class Replica:
             return  # the writer is still behind: the small graph grows meanwhile
         self._rebase_tried = snapshots[0].name
         started = time.perf_counter()
-        fresh, _ = self._restore(self.store)
+        fresh, _ = self._restore(self.store, serving=False)
         loaded_at = fresh.position
         # The newest snapshot may not load (load_newest then falls back to an older one): move
         # only forward, and only onto a snapshot the journal still follows on from, or entries
@@ -131,6 +131,7 @@ class Replica:
         if not catch_up_unbroken(self.client, fresh, self.gen):
             log.info("replica: snapshot %s is behind the journal's trim", snapshots[0].name)
             return
+        fresh.pause = self.traffic.lull
         self.catalog = fresh
         log.info(
             "replica moved onto snapshot %s: %d items, %d since it, in %.2fs",
@@ -145,8 +146,11 @@ class Replica:
             return 0
         return max(0, seq - int(first[0][1][b"n"]) + 1)
 
-    def _restore(self, store: SnapshotStore) -> tuple[Catalog, Loaded]:
-        return Catalog.restore(self.settings, store, layered=True, pause=self.traffic.lull)
+    def _restore(self, store: SnapshotStore, serving: bool = True) -> tuple[Catalog, Loaded]:
+        """A catalog served at once waits for lulls in the queries as it follows; one that
+        catches up first does not (no query waits for its lock)."""
+        pause = self.traffic.lull if serving else None
+        return Catalog.restore(self.settings, store, layered=True, pause=pause)
 
     def serving(self) -> Generation:
         """The generation Redis says API replicas serve."""
@@ -157,8 +161,9 @@ class Replica:
         """Load gen whole (snapshot, then the journal to its head), then serve it."""
         started = time.perf_counter()
         store = open_store(self.settings, gen)
-        fresh, _ = self._restore(store)
+        fresh, _ = self._restore(store, serving=False)
         catch_up(self.client, fresh, gen)
+        fresh.pause = self.traffic.lull
         self.previous, self.store, self.gen, self.catalog = self.catalog, store, gen, fresh
         log.info(
             "replica now serves generation %s: %d items at %s, loaded in %.2fs",

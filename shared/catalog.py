@@ -69,6 +69,18 @@ class Catalog:
         return cls(settings, loaded.index, layered, pause), loaded
 
     @property
+    def pause(self) -> Callable[[], object] | None:
+        """Called before each chunk of a layered index's changes (a replica's: a lull in the
+        queries); None for a catalog no query reads yet (a rebase catching up)."""
+        return self._pause
+
+    @pause.setter
+    def pause(self, pause: Callable[[], object] | None) -> None:
+        self._pause = pause
+        if isinstance(self.index, LayeredIndex):
+            self.index.pause = pause
+
+    @property
     def base_position(self) -> str | None:
         """A replica's: the position of the snapshot its small graph lies over."""
         return self.index.base_position if isinstance(self.index, LayeredIndex) else None

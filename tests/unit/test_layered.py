@@ -194,8 +194,23 @@ def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_grap
 
         wait_until(rebased, 10, "the replica did not move onto the snapshot")
         assert len(replica.catalog) == 54 and "p1" not in replica.catalog
+        # The catalog it serves waits for lulls in the queries as it follows.
+        served = replica.catalog.index
+        assert isinstance(served, LayeredIndex) and served.pause == replica.traffic.lull
     finally:
         replica.stop()
+
+
+def test_a_catalog_s_pause_reaches_its_layered_index_whenever_it_is_made():
+    def lull() -> None:
+        pass
+
+    catalog = Catalog(Settings(), layered=True, pause=lull)
+    vector = vectors(1, dim=EMBEDDING_DIM)[0]
+    catalog.apply([JournalEntry("1-0", "upsert", "p1", MODEL, vector, {})])
+    assert isinstance(catalog.index, LayeredIndex) and catalog.index.pause is lull
+    catalog.pause = None  # a rebase's catalog catching up: no query reads it yet
+    assert catalog.index.pause is None
 
 
 def test_a_replica_waits_for_a_snapshot_that_holds_most_of_its_small_graph(
