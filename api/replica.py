@@ -27,8 +27,9 @@ REBASE = 5.0  # seconds between two looks for a newer snapshot while the small g
 # lacks at most this share of the small graph (during a bulk import the writer's snapshots lag
 # the replica, and each rebase onto one re-inserted the lag and stalled queries while loading).
 REBASE_MAX_MISSING = 0.25
-# The following thread's niceness above the process's: on a busy host queries and the writer
-# come first, and a bulk import reaches this replica a little later (at low rates, no change).
+# The following thread's niceness above the process's: this process's queries come first, and a
+# bulk import reaches this replica a little later (at low rates, no change). Under Linux's
+# autogroup scheduling it counts within the session only: not against a writer started apart.
 FOLLOW_NICENESS = 10
 # The following thread's Python (parsing the journal, bookkeeping) holds the GIL between inserts,
 # and a request thread waiting for it got it only after Python's switch interval (5 ms), several
