@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     services = Services(settings)
     app.extensions["lookalike"] = services
-    app.wsgi_app = services.traffic.middleware(app.wsgi_app)  # type: ignore[method-assign,assignment]
+    app.wsgi_app = services.replica.traffic.middleware(app.wsgi_app)  # type: ignore[method-assign,assignment]
     app.extensions["metrics"] = install_metrics(app, services)
     register_error_handlers(app)
     app.register_blueprint(v1)

@@ -17,8 +17,7 @@ from flask import current_app
 from werkzeug.datastructures import ETags
 
 from api.errors import INDEX_LOADING, IndexLoading, NotFound, NotIndexed, Overloaded, Unavailable
-from api.replica import FOLLOW_WAIT, Replica
-from api.traffic import Traffic
+from api.replica import Replica
 from shared import keys
 from shared.errors import LookalikeError, ModelMismatch
 from shared.follower import lag_seconds, read_after, trimmed_past
@@ -61,8 +60,7 @@ class Services:
         self.redis = connect(settings.redis_url)
         self.tasks = TaskStore(self.redis, settings.task_ttl, settings.search_ttl)
         self.celery: Celery = make_celery(settings, settings.redis_url)
-        self.traffic = Traffic(FOLLOW_WAIT)
-        self.replica = Replica(settings, self.redis, self.traffic).start()
+        self.replica = Replica(settings, self.redis).start()
         # Searches waiting for their vector hold a gunicorn thread each: only this many may.
         self.waiting_searches = threading.BoundedSemaphore(settings.max_waiting_searches)
         self._memory_lock = threading.Lock()
@@ -261,7 +259,7 @@ class Services:
         if not self.waiting_searches.acquire(blocking=False):
             return record
         try:
-            with self.traffic.aside():  # the replica's following need not wait for it
+            with self.replica.traffic.aside():  # the replica's following need not wait for it
                 return self.wait_for(record.task_id, self.settings.search_wait)
         finally:
             self.waiting_searches.release()

@@ -118,6 +118,8 @@ class VectorIndex:
     projection's input dimension and are stored and searched projected.
     """
 
+    insert_threads = -1  # hnswlib threads an insert uses (-1: one per core)
+
     def __init__(
         self,
         dim: int,
@@ -173,7 +175,6 @@ class VectorIndex:
         index.set_ef(ef_search)
         self._lock = RWLock()
         self._save_lock = threading.Lock()
-        self.insert_threads = -1  # hnswlib threads an insert uses (-1: one per core)
 
     @classmethod
     def from_settings(cls, settings: Settings, dim: int, model_id: str) -> VectorIndex:
@@ -697,14 +698,19 @@ class PendingSave:
     manifest: dict[str, Any]
     child: int | None = None
 
+    def wait(self) -> int:
+        """Wait for the child, if any; its exit code (0: the file is whole)."""
+        if self.child is None:
+            return 0
+        _, status = os.waitpid(self.child, 0)
+        self.child = None
+        return os.waitstatus_to_exitcode(status)
+
     def finish(self) -> dict[str, Any]:
         """Wait for the file, make it durable; the manifest with its size and SHA-256."""
-        if self.child is not None:
-            _, status = os.waitpid(self.child, 0)
-            self.child = None
-            code = os.waitstatus_to_exitcode(status)
-            if code != 0:
-                raise SnapshotError(f"writing snapshot index file {self.path} failed ({code})")
+        code = self.wait()
+        if code != 0:
+            raise SnapshotError(f"writing snapshot index file {self.path} failed ({code})")
         self.manifest.update(_seal_file(self.path))
         return self.manifest
 

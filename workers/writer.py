@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 
 import redis
@@ -53,8 +54,8 @@ class IndexWriter:
         self.stop_event = threading.Event()
         self.last_snapshot_seconds = 0.0
         self.hold_seconds = LOCK_TTL  # the TTL each renewal sets (longer while saving)
-        self._commit: threading.Thread | None = None  # the snapshot being committed
-        self._outcome: tuple[float, bool] | BaseException | None = None
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        self._commit: Future[tuple[float, bool]] | None = None  # the snapshot being committed
 
     def run(self) -> None:
         log.info("waiting for the writer lock of generation %s (%s)", self.gen.label, self.token)
@@ -135,7 +136,7 @@ class IndexWriter:
                     self._report(catalog)
                 if self.sweeper.due():
                     self.sweeper.sweep()
-                if self._commit is not None and not self._commit.is_alive():
+                if self._commit is not None and self._commit.done():
                     policy.done(*self.wait_committed())
                 caught_up = len(entries) < JOURNAL_READ
                 ready = self._commit is None and catalog.index is not None
@@ -167,38 +168,24 @@ class IndexWriter:
             pending = catalog.begin_save(self.store)
         finally:
             self.hold_seconds = LOCK_TTL  # also when the extension failed
-        if pending is None:
-            return
-        self._outcome = None
-        self._commit = threading.Thread(
-            target=self._publish, args=(pending, len(catalog), started), name="snapshot"
-        )
-        self._commit.start()
+        if pending is not None:
+            self._commit = self._committer.submit(
+                self._commit_and_trim, pending, len(catalog), started
+            )
 
     def wait_committed(self) -> tuple[float, bool]:
         """Wait for the snapshot being committed, if any: its seconds, and whether the journal
         still holds entries the newest snapshot covers. Raises what the commit raised."""
-        if self._commit is not None:
-            self._commit.join()
-            self._commit = None
-        outcome, self._outcome = self._outcome, None
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome or (0.0, False)
-
-    def _publish(self, pending: PendingSnapshot, items: int, started: float) -> None:
-        """Commit, prune to the newest kept, trim the journal back to the oldest kept."""
-        try:
-            self._outcome = self._commit_and_trim(pending, items, started)
-        except BaseException as exc:  # told to the main thread, which stops on it
-            self._outcome = exc
+        commit, self._commit = self._commit, None
+        return (0.0, False) if commit is None else commit.result()
 
     def _commit_and_trim(
         self, pending: PendingSnapshot, items: int, started: float
     ) -> tuple[float, bool]:
+        """Commit, prune to the newest kept, trim the journal back to the oldest kept."""
         if not self.still_holding():
             log.warning("not the writer any more: snapshot %s not committed", pending.name)
-            pending.save.finish()  # the partial folder is pruned by whoever holds the lock
+            pending.save.wait()  # the partial folder is pruned by whoever holds the lock
             return time.perf_counter() - started, False
         self.store.commit(pending)
         seconds = self.last_snapshot_seconds = time.perf_counter() - started

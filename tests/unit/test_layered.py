@@ -20,7 +20,6 @@ from shared.index import INDEX_FILE, Projection, VectorIndex
 from shared.journal import START, JournalEntry, append, delete_entry, upsert_entry
 from shared.layered import (
     OVERLAY_EF_CONSTRUCTION,
-    OVERLAY_INSERT_THREADS,
     UPSERT_CHUNK,
     LayeredIndex,
 )
@@ -78,8 +77,7 @@ def test_following_inserts_with_one_thread_and_the_writer_with_all(base):
     base._index = writer = CountingThreads(base._index)  # type: ignore[assignment]
     layered.upsert([f"n{n}" for n in range(40)], vectors(40, seed=3))
     base.upsert(["w1", "w2"], vectors(2, seed=4))
-    assert overlay.asked == [OVERLAY_INSERT_THREADS] * -(-40 // UPSERT_CHUNK)  # a hold each
-    assert OVERLAY_INSERT_THREADS == 1
+    assert overlay.asked == [1] * -(-40 // UPSERT_CHUNK)  # one thread, a call each hold
     assert writer.asked == [-1]
     assert len(layered) == 242
 
