@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     snapshot_interval: float = Field(
         60.0, gt=0, description="Seconds after which any change makes a snapshot due."
     )
+    snapshot_fork: bool = Field(
+        True,
+        description="Write snapshots from a forked copy of the writer (applying goes on; the "
+        "pages it changes meanwhile are copied): false saves in the writer, which pauses.",
+    )
     search_wait: float = Field(10.0, ge=0, description="Seconds a search waits for its vector.")
     max_metadata_bytes: int = Field(16384, ge=2, description="Largest metadata JSON accepted.")
     thumbnail_size: int = Field(256, ge=16, le=1024, description="Longest side of thumbnails.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -32,10 +33,16 @@ from workers.sweeper import Sweeper
 
 log = logging.getLogger("lookalike.writer")
 LOCK_TTL = 15.0
-# hnswlib writes a snapshot holding the GIL, so the renewal thread cannot run meanwhile: the lock
-# is extended first, past what the save can take (18 s for 580k items here, 3e-5 s an item).
+# hnswlib writes a snapshot holding the GIL, so while the writer saves in its own process
+# (LOOKALIKE_SNAPSHOT_FORK=false) the renewal thread cannot run: the lock is extended first, past
+# what the save can take (18 s for 580k items here, 3e-5 s an item). A forked save needs no more
+# than the usual TTL: the writer's threads run on while the child writes.
 SAVE_SECONDS_PER_ITEM = 1e-4
 JOURNAL_READ = 1000  # entries a read; a shorter read means the writer has caught up
+# On a host it shares with API processes (`lookalike up`), queries come before the writer's graph
+# building, and that before a replica's following (api/replica.py: FOLLOW_NICENESS 10). Linux
+# weighs niceness only among the processes of one session (autogroup), hence cli/supervisor.py.
+WRITER_NICENESS = 5
 
 
 class IndexWriter:
@@ -162,10 +169,11 @@ class IndexWriter:
         (wait_committed() waits for it): applying the journal goes on meanwhile."""
         started = time.perf_counter()
         try:
-            if not self.still_holding() or not self._hold_through_save(len(catalog)):
+            fork = self.settings.snapshot_fork
+            if not self.still_holding() or not (fork or self._hold_through_save(len(catalog))):
                 log.warning("not the writer any more: no snapshot")
                 return
-            pending = catalog.begin_save(self.store)
+            pending = catalog.begin_save(self.store, fork=fork)
         finally:
             self.hold_seconds = LOCK_TTL  # also when the extension failed
         if pending is not None:
@@ -203,6 +211,9 @@ class IndexWriter:
 
 
 def main() -> None:
+    # First, so that every thread made later (hnswlib's, the committer's) inherits it.
+    with contextlib.suppress(OSError):
+        os.nice(WRITER_NICENESS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = get_settings()
     if settings.redis_url is None:

@@ -1,11 +1,14 @@
-"""The index writer: its lock held through long snapshots, its position said after a restore."""
+"""The index writer: its lock through snapshots, its niceness, its position after a restore."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,9 +48,12 @@ class SlowSavingCatalog(Catalog):
 
 
 @pytest.fixture
-def writer(redis_server, tmp_path, monkeypatch) -> Iterator[IndexWriter]:
+def writer(request, redis_server, tmp_path, monkeypatch) -> Iterator[IndexWriter]:
+    """A writer holding its lock (TTL 0.5 s); parametrize indirectly with False for one that
+    saves snapshots in its own process."""
     monkeypatch.setattr(writer_module, "LOCK_TTL", 0.5)
-    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
+    fork = getattr(request, "param", True)
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url, snapshot_fork=fork)
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     writer = IndexWriter(settings, client, make_celery(settings, redis_server.url))
@@ -72,6 +78,7 @@ def catalog_of(settings: Settings, count: int, save_seconds: float) -> SlowSavin
     return catalog
 
 
+@pytest.mark.parametrize("writer", [False], indirect=True)
 @pytest.mark.parametrize(("seconds_per_item", "kept"), [(1.0, True), (0.0, False)])
 def test_a_save_that_blocks_renewals_past_the_lock_s_ttl_keeps_the_lock(
     writer, monkeypatch, seconds_per_item, kept
@@ -86,12 +93,23 @@ def test_a_save_that_blocks_renewals_past_the_lock_s_ttl_keeps_the_lock(
     assert [snapshot.position for snapshot in writer.store.snapshots()] == (["3-0"] if kept else [])
 
 
+@pytest.mark.parametrize("writer", [False], indirect=True)
 def test_renewals_go_back_to_the_short_ttl_after_a_save(writer, monkeypatch):
     monkeypatch.setattr(writer_module, "SAVE_SECONDS_PER_ITEM", 1.0)
     writer.snapshot(catalog_of(writer.settings, 3, save_seconds=0.0))
     writer.wait_committed()
     time.sleep(1.5)  # several renewals meanwhile (every 0.17 s)
     assert 0 < writer.client.pttl(writer.gen.writer_lock) <= 500
+
+
+def test_a_forked_snapshot_never_lengthens_the_lock(writer, monkeypatch):
+    # A standby takes over within the usual TTL whatever the catalog's size: the lock is
+    # lengthened for a save's length only while the save runs in the writer's own process.
+    monkeypatch.setattr(writer_module, "SAVE_SECONDS_PER_ITEM", 10.0)
+    writer.snapshot(catalog_of(writer.settings, 3, save_seconds=0.0))
+    assert 0 < writer.client.pttl(writer.gen.writer_lock) <= 500
+    writer.wait_committed()
+    assert [snapshot.position for snapshot in writer.store.snapshots()] == ["3-0"]
 
 
 def test_a_restored_writer_says_where_it_is_before_any_new_entry(writer):
@@ -107,3 +125,29 @@ def test_a_restored_writer_says_where_it_is_before_any_new_entry(writer):
     finally:
         writer.stop_event.set()
         follower.join(10)
+
+
+def test_the_writer_process_runs_nicer_than_its_parent(redis_server, tmp_path):
+    env = {
+        **os.environ,
+        "LOOKALIKE_REDIS_URL": redis_server.url,
+        "LOOKALIKE_DATA_DIR": str(tmp_path),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workers.writer"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # its first log line comes after the nice() call
+            if "waiting for the writer lock" in line:
+                break
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        expected = min(19, own + writer_module.WRITER_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, process.pid) == expected
+    finally:
+        process.terminate()
+        process.wait(10)
