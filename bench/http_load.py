@@ -261,7 +261,7 @@ def start_api(name: str, redis_url: str, root: Path) -> Api:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            process_group=0,
         )
     return Api(name, port, process, log)
 

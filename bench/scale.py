@@ -214,7 +214,7 @@ class Child:
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.DEVNULL, process_group=0,
             )  # fmt: skip
         self.started = time.monotonic()
 

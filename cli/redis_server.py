@@ -194,14 +194,14 @@ class RedisServer:
             self.directory.chmod(stat.S_IRWXU)  # the password file and the data: ours alone
         self._refuse_if_in_use()
         with self.log_path.open("ab") as log:
-            # Its own session: a Ctrl-C meant for our parent must not stop Redis before the
+            # Its own process group: a Ctrl-C meant for our parent must not stop Redis before the
             # processes that use it.
             self._process = subprocess.Popen(
                 self.argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                process_group=0,
             )
         try:
             self._wait_ready()

@@ -70,7 +70,7 @@ class Service(Protocol):
 
 
 class _Spawned:
-    """A ProcessSpec's process, in a session of its own, its output pumped into the log."""
+    """A ProcessSpec's process, in a process group of its own, its output pumped into the log."""
 
     def __init__(self, spec: ProcessSpec, owner: Supervisor) -> None:
         self.spec = spec
@@ -84,14 +84,17 @@ class _Spawned:
         return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
-        # A session of its own: a terminal's Ctrl-C reaches only us, and we stop children in order.
+        # A process group of its own: a terminal's Ctrl-C reaches only us, and we stop children in
+        # order. Not a session of its own: Linux schedules each session as one group (autogroup),
+        # and the processes' niceness (the writer's, the API's following thread's) must weigh
+        # against each other, not only within each process.
         self._process = process = subprocess.Popen(
             self.spec.argv,
             env=self.spec.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            process_group=0,
         )
         assert process.stdout is not None
         self._reader = threading.Thread(

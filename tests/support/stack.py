@@ -53,7 +53,7 @@ class Stack:
         log = (self.root / f"{name}.log").open("ab")
         process = subprocess.Popen(
             argv, env={**self.env, **(env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            process_group=0,
         )  # fmt: skip
         self.processes[name] = process
         return process

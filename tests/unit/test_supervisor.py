@@ -102,6 +102,21 @@ def test_stop_ends_every_child_and_its_group() -> None:
     assert log.getvalue().index("stopping two") < log.getvalue().index("stopping one")
 
 
+def test_children_share_our_session_each_in_a_process_group_of_its_own() -> None:
+    # One session: Linux weighs niceness across its processes (autogroup scheduling), so the
+    # writer's and the following thread's niceness count against each other and the queries.
+    log = io.StringIO()
+    specs = [ProcessSpec("one", _python(SLEEPER)), ProcessSpec("two", _python(SLEEPER))]
+    supervisor = Supervisor(specs, log_stream=log)
+    pids = _started(supervisor, log, ["one", "two"])
+    try:
+        for pid in pids.values():
+            assert os.getsid(pid) == os.getsid(0)
+            assert os.getpgid(pid) == pid
+    finally:
+        supervisor.stop()
+
+
 def test_a_child_ignoring_its_stop_signal_is_killed_after_its_timeout() -> None:
     log = io.StringIO()
     spec = ProcessSpec("stubborn", _python(IGNORES_SIGTERM), stop_timeout=0.5)
