@@ -19,7 +19,7 @@ from shared.follower import catch_up, catch_up_unbroken, read_after, trimmed_pas
 from shared.journal import START, position_key
 from shared.keys import MAIN, Generation
 from shared.settings import Settings
-from shared.snapshots import Loaded, SnapshotStore, open_store
+from shared.snapshots import Loaded, Snapshot, SnapshotStore, open_store
 
 log = logging.getLogger(__name__)
 REBASE = 5.0  # seconds between two looks for a newer snapshot while the small graph grows
@@ -27,6 +27,11 @@ REBASE = 5.0  # seconds between two looks for a newer snapshot while the small g
 # lacks at most this share of the small graph (during a bulk import the writer's snapshots lag
 # the replica, and each rebase onto one re-inserted the lag and stalled queries while loading).
 REBASE_MAX_MISSING = 0.25
+# hnswlib loads a snapshot holding the GIL (0.1 s for 20k items here, 18 s at a million), so
+# every query of the process waits for a rebase's load: only when it moves at least this share of
+# the catalog into the writer's graph. Loads then cost queries a bounded share of time however
+# slowly items come (at a trickle, every newer snapshot would otherwise be loaded).
+REBASE_MIN_SHARE = 0.1
 # The following thread's niceness above the process's: this process's queries come first, and a
 # bulk import reaches this replica a little later (at low rates, no change). Under Linux's
 # autogroup scheduling it counts within the session only: not against a writer started apart.
@@ -112,12 +117,8 @@ class Replica:
         base = self.catalog.base_position or START
         if not snapshots or position_key(snapshots[0].position) <= position_key(base):
             return
-        if snapshots[0].name == self._rebase_tried:
-            return  # it did not load, or came too late: wait for a newer one
-        missing = self._missing_from(snapshots[0].position)
-        if missing > REBASE_MAX_MISSING * self.catalog.overlay_items:
-            log.debug("replica: snapshot %s lacks %d of its entries", snapshots[0].name, missing)
-            return  # the writer is still behind: the small graph grows meanwhile
+        if snapshots[0].name == self._rebase_tried or not self._worth_loading(snapshots[0]):
+            return
         self._rebase_tried = snapshots[0].name
         started = time.perf_counter()
         fresh, _ = self._restore(self.store, serving=False)
@@ -127,9 +128,11 @@ class Replica:
         # trimmed since it would be missing.
         if position_key(loaded_at) <= position_key(base):
             return
-        # Checked read by read: entries trimmed after this replica read them are no loss (a
-        # check only at the end threw away whole catch-ups during a bulk import).
-        if not catch_up_unbroken(self.client, fresh, self.gen):
+        # Behind what is served: caught up first, or items served would vanish meanwhile;
+        # checked read by read, so that entries trimmed after this replica read them are no
+        # loss. Ahead (a replica slower than the writer): served at once, and followed on.
+        behind = position_key(loaded_at) < position_key(self.catalog.position)
+        if behind and not catch_up_unbroken(self.client, fresh, self.gen):
             log.info("replica: snapshot %s is behind the journal's trim", snapshots[0].name)
             return
         fresh.pause = self.traffic.lull
@@ -139,13 +142,28 @@ class Replica:
             snapshots[0].name, len(fresh), fresh.overlay_items, time.perf_counter() - started,
         )  # fmt: skip
 
-    def _missing_from(self, position: str) -> int:
-        """How many of the entries this replica applied come after position (0 if unknown)."""
-        first: Any = self.client.xrange(self.gen.journal, min=f"({position}", count=1)
-        seq = self.catalog.seq
-        if not first or seq is None or b"n" not in first[0][1]:
-            return 0
-        return max(0, seq - int(first[0][1][b"n"]) + 1)
+    def _worth_loading(self, snapshot: Snapshot) -> bool:
+        """Whether a rebase onto snapshot is worth a load: it lacks at most REBASE_MAX_MISSING
+        of the small graph, and it moves at least REBASE_MIN_SHARE of the catalog into the
+        writer's graph (what the small graph holds of it, and what the replica lacks)."""
+        at, served = self._seq_at(snapshot.position), self.catalog.seq
+        if at is None or served is None:
+            return True  # entries without sequence numbers: nothing to weigh
+        overlay = self.catalog.overlay_items
+        missing, ahead = max(0, served - at), max(0, at - served)
+        if missing > REBASE_MAX_MISSING * overlay:
+            log.debug("replica: snapshot %s lacks %d of its entries", snapshot.name, missing)
+            return False  # the writer is still behind: the small graph grows meanwhile
+        return overlay - missing + ahead >= REBASE_MIN_SHARE * len(self.catalog)
+
+    def _seq_at(self, position: str) -> int | None:
+        """The sequence number of the journal's entry at position (None if unknown)."""
+        after: Any = self.client.xrange(self.gen.journal, min=f"({position}", count=1)
+        if after:
+            fields = after[0][1]
+            return int(fields[b"n"]) - 1 if b"n" in fields else None
+        last: Any = self.client.xrevrange(self.gen.journal, count=1)  # position is the head
+        return int(last[0][1][b"n"]) if last and b"n" in last[0][1] else None
 
     def _restore(self, store: SnapshotStore, serving: bool = True) -> tuple[Catalog, Loaded]:
         """A catalog served at once waits for lulls in the queries as it follows; one that

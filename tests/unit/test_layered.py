@@ -218,10 +218,8 @@ def test_a_replica_waits_for_a_snapshot_that_holds_most_of_its_small_graph(
     the lag again (and stall queries while it loads), so the small graph grows meanwhile."""
     monkeypatch.setattr("api.replica.REBASE", 0.0)
     looked = []
-    missing_from = Replica._missing_from
-    monkeypatch.setattr(
-        Replica, "_missing_from", lambda self, at: looked.append(at) or missing_from(self, at)
-    )
+    seq_at = Replica._seq_at
+    monkeypatch.setattr(Replica, "_seq_at", lambda self, at: looked.append(at) or seq_at(self, at))
     settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
     store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
     replica = Replica(settings, client).start()
@@ -243,6 +241,59 @@ def test_a_replica_waits_for_a_snapshot_that_holds_most_of_its_small_graph(
         assert len(replica.catalog) == 41 and replica.catalog.overlay_items == 0
     finally:
         replica.stop()
+
+
+def test_a_replica_loads_a_snapshot_only_when_it_moves_a_tenth_of_the_catalog(
+    client, redis_server, tmp_path, monkeypatch
+):
+    """A load stalls the process's queries (hnswlib holds the GIL): a trickle of new items does
+    not make every newer snapshot worth one."""
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    looked = []
+    seq_at = Replica._seq_at
+    monkeypatch.setattr(Replica, "_seq_at", lambda self, at: looked.append(at) or seq_at(self, at))
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
+    store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
+    journal(client, 0, 100)
+    writer.apply(read_after(client, START, block_ms=None))
+    first = writer.save(store)
+    assert first is not None
+    replica = Replica(settings, client).start()
+    try:
+        wait_until(replica.loaded.is_set, 10, "replica did not load")
+        # (items after the new ones, whether the snapshot holding them moves a tenth)
+        for items, rebased in [(105, False), (109, False), (112, True)]:
+            journal(client, len(replica.catalog), items - len(replica.catalog))
+            wait_until(lambda n=items: len(replica.catalog) == n, 10, "replica did not follow")
+            writer.apply(read_after(client, writer.position, block_ms=None))
+            newer = writer.save(store)
+            assert newer is not None
+            wait_until(lambda at=newer.position: at in looked, 10, "the replica did not look")
+            base = newer.position if rebased else first.position
+            wait_until(lambda b=base: replica.catalog.base_position == b, 10, "wrong base")
+            assert len(replica.catalog) == items
+    finally:
+        replica.stop()
+
+
+def test_a_replica_behind_a_snapshot_serves_it_at_once_and_follows_on_from_it(
+    client, redis_server, tmp_path
+):
+    """A replica slower than the writer (a host busy with the writer's graph building) gains
+    the snapshot's items at once instead of catching the fresh catalog up to the head first."""
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
+    store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
+    journal(client, 0, 110)
+    replica = Replica(settings, client)  # not started: driven step by step here
+    replica.catalog.apply(read_after(client, START, count=10, block_ms=None))
+    writer.apply(read_after(client, START, count=100, block_ms=None))
+    snapshot = writer.save(store)
+    assert snapshot is not None and replica.catalog.overlay_items == 10
+    replica._rebase_checked = 0.0
+    replica._maybe_rebase()
+    assert replica.catalog.position == snapshot.position == nth_position(client, 99)
+    assert len(replica.catalog) == 100 and replica.catalog.base_position == snapshot.position
+    assert replica.catalog.pause == replica.traffic.lull
 
 
 def test_an_update_the_small_graph_refuses_keeps_the_snapshot_copy(base):
