@@ -128,11 +128,11 @@ class Replica:
         # trimmed since it would be missing.
         if position_key(loaded_at) <= position_key(base):
             return
-        # Behind what is served: caught up first, or items served would vanish meanwhile;
-        # checked read by read, so that entries trimmed after this replica read them are no
-        # loss. Ahead (a replica slower than the writer): served at once, and followed on.
-        behind = position_key(loaded_at) < position_key(self.catalog.position)
-        if behind and not catch_up_unbroken(self.client, fresh, self.gen):
+        # Behind what is served: caught up to it first, or items served would vanish (checked
+        # read by read, so that entries trimmed after this replica read them are no loss); then
+        # followed on from there like one ahead of it (a replica slower than the writer).
+        served = self.catalog.position
+        if not catch_up_unbroken(self.client, fresh, self.gen, until=served):
             log.info("replica: snapshot %s is behind the journal's trim", snapshots[0].name)
             return
         fresh.pause = self.traffic.lull

@@ -66,17 +66,23 @@ def lag_seconds(client: redis.Redis, position: str, gen: Generation = MAIN) -> f
     return max(0.0, seconds + micros / 1e6 - oldest_ms / 1000)
 
 
-def catch_up_unbroken(client: redis.Redis, catalog: Catalog, gen: Generation = MAIN) -> bool:
-    """catch_up, checking after each read that nothing after the position it read from had been
-    trimmed: False (the catalog is then incomplete) as soon as a gap is possible."""
-    while True:
+def catch_up_unbroken(
+    client: redis.Redis, catalog: Catalog, gen: Generation = MAIN, until: str | None = None
+) -> bool:
+    """catch_up (to position until, if given), checking after each read that nothing after the
+    position it read from had been trimmed: False (the catalog is then incomplete) as soon as a
+    gap is possible."""
+    while until is None or position_key(catalog.position) < position_key(until):
         before = catalog.position
         entries = read_after(client, before, 1000, None, gen)
         if trimmed_past(client, before, gen):
             return False
+        if until is not None:
+            entries = [e for e in entries if position_key(e.position) <= position_key(until)]
         if not entries:
             return True
         catalog.apply(entries)
+    return True
 
 
 def catch_up(client: redis.Redis, catalog: Catalog, gen: Generation = MAIN) -> int:

@@ -276,23 +276,25 @@ def test_a_replica_loads_a_snapshot_only_when_it_moves_a_tenth_of_the_catalog(
         replica.stop()
 
 
-def test_a_replica_behind_a_snapshot_serves_it_at_once_and_follows_on_from_it(
-    client, redis_server, tmp_path
+@pytest.mark.parametrize(("served", "snapshot"), [(10, 100), (60, 50), (60, 60)])
+def test_a_rebase_serves_what_was_served_at_once_and_follows_on_from_there(
+    client, redis_server, tmp_path, served, snapshot
 ):
     """A replica slower than the writer (a host busy with the writer's graph building) gains
-    the snapshot's items at once instead of catching the fresh catalog up to the head first."""
+    the snapshot's items at once; one ahead of the snapshot catches the fresh catalog up to what
+    it serves, not to the journal's head, before serving it."""
     settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
     store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
     journal(client, 0, 110)
     replica = Replica(settings, client)  # not started: driven step by step here
-    replica.catalog.apply(read_after(client, START, count=10, block_ms=None))
-    writer.apply(read_after(client, START, count=100, block_ms=None))
-    snapshot = writer.save(store)
-    assert snapshot is not None and replica.catalog.overlay_items == 10
+    replica.catalog.apply(read_after(client, START, count=served, block_ms=None))
+    writer.apply(read_after(client, START, count=snapshot, block_ms=None))
+    assert writer.save(store) is not None
     replica._rebase_checked = 0.0
     replica._maybe_rebase()
-    assert replica.catalog.position == snapshot.position == nth_position(client, 99)
-    assert len(replica.catalog) == 100 and replica.catalog.base_position == snapshot.position
+    at = max(served, snapshot)
+    assert replica.catalog.position == nth_position(client, at - 1) and len(replica.catalog) == at
+    assert replica.catalog.base_position == nth_position(client, snapshot - 1)
     assert replica.catalog.pause == replica.traffic.lull
 
 
@@ -373,6 +375,14 @@ def test_catch_up_unbroken_applies_the_whole_journal_read_by_read(client, tmp_pa
     catalog = Catalog(quick_settings(tmp_path))
     assert catch_up_unbroken(client, catalog)
     assert len(catalog) == 2500
+
+
+@pytest.mark.parametrize("until", [0, 999, 1000, 1500, 2499])
+def test_catch_up_unbroken_until_a_position_stops_exactly_there(client, tmp_path, until):
+    journal(client, 0, 2500)
+    catalog = Catalog(quick_settings(tmp_path))
+    assert catch_up_unbroken(client, catalog, until=nth_position(client, until))
+    assert catalog.position == nth_position(client, until) and len(catalog) == until + 1
 
 
 @pytest.mark.parametrize(
