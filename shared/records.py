@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,9 @@ class TaskState(StrEnum):
 
 
 FINISHED = frozenset({TaskState.SUCCEEDED, TaskState.FAILED})
+# Tries of a batch of moves whose watched keys change meanwhile before it is split in halves (a
+# single move retries until it is made or refused: some other client's change went through).
+WATCH_TRIES = 3
 
 
 def connect(url: str) -> redis.Redis:
@@ -136,26 +140,35 @@ class TaskStore:
 
         True where the move was made. A task moved twice in one call moves once: the first.
         A batch's moves cost a few round trips (WATCH, the reads, MULTI/EXEC) however many there
-        are, not a few each."""
+        are, not a few each. A batch whose watched keys changed WATCH_TRIES times running is
+        split in halves, so that contention on one task redoes ever fewer moves' reads."""
+        return self._advance(list(moves), set())
+
+    def _advance(self, moves: list[Move], seen: set[str]) -> list[bool]:
+        """advance_many for moves after the tasks in seen (which it adds those it decides to)."""
         if not moves:
             return []
         task_keys = [keys.task(move.record.task_id) for move in moves]
         guard_keys = {move.guard.key for move in moves if move.guard is not None}
+        tries = range(WATCH_TRIES) if len(moves) > 1 else itertools.count()
         with self.client.pipeline() as pipe:
-            while True:
+            for _ in tries:
                 try:
                     pipe.watch(*task_keys, *guard_keys)
                     stored, held = self._read_for(moves, task_keys)
                     pipe.multi()
-                    seen: set[str] = set()
+                    decided = set(seen)
                     outcomes = [
-                        self._queue(pipe, move, now, guarded, seen)
+                        self._queue(pipe, move, now, guarded, decided)
                         for move, now, guarded in zip(moves, stored, held, strict=True)
                     ]
                     pipe.execute()
+                    seen |= decided
                     return outcomes
                 except redis.WatchError:
                     continue
+        half = len(moves) // 2
+        return self._advance(moves[:half], seen) + self._advance(moves[half:], seen)
 
     def _read_for(self, moves: Sequence[Move], task_keys: list[str]) -> tuple[list[Any], list[Any]]:
         """The tasks' stored records and their guards' fields, in one round trip. Read on

@@ -8,7 +8,7 @@ import redis
 
 from shared import keys
 from shared.keys import MAIN
-from shared.records import ProductStore, TaskRecord, TaskState, TaskStore, failure
+from shared.records import WATCH_TRIES, ProductStore, TaskRecord, TaskState, TaskStore, failure
 from workers.publish import Publisher
 
 MODEL = "resnet50-test"
@@ -174,3 +174,34 @@ def test_a_task_finished_during_a_batch_s_reads_is_not_written_over(
     assert raced == [True]
     assert tasks.get(records[1].task_id).error == failure("x", "first")  # type: ignore[union-attr]
     assert client.xlen(keys.JOURNAL) == 2
+
+
+@pytest.mark.parametrize("races", [1, 2, 3, 7, 12])
+def test_a_batch_raced_again_and_again_is_split_until_only_the_raced_move_retries(
+    client, tasks, publisher, monkeypatch, races
+):
+    # Another client keeps touching p5's record between our WATCH and our EXEC, `races` times.
+    records = [delivery(tasks, posted(client, tasks, f"p{n}")) for n in range(8)]
+    raced_key = keys.task(records[5].task_id)
+    read_for = TaskStore._read_for
+    sizes: list[int] = []
+
+    def read_then_race(self, moves, task_keys):
+        values = read_for(self, moves, task_keys)
+        sizes.append(len(moves))
+        if raced_key in task_keys and sizes.count(-1) < races:
+            sizes.append(-1)
+            client.expire(raced_key, 600)  # a write: the watched key changed
+        return values
+
+    monkeypatch.setattr(TaskStore, "_read_for", read_then_race)
+    moves = [publisher.journalled(r, VECTOR, MODEL, b"image", b"thumb") for r in records]
+    moves.append(publisher.journalled(records[5], VECTOR, MODEL, b"image", b"thumb"))  # again
+    assert publisher.finish(moves) == [True] * 8 + [False]
+    assert client.xlen(keys.JOURNAL) == 8
+    assert {tasks.get(r.task_id).state for r in records} == {TaskState.SUCCEEDED}  # type: ignore[union-attr]
+    tries = [size for size in sizes if size > 0]
+    assert tries.count(9) == min(races + 1, WATCH_TRIES)  # the whole batch: at most 3 tries
+    if races >= WATCH_TRIES:  # then halves and smaller
+        assert max(tries[WATCH_TRIES:]) <= 5
+    assert (1 in tries) is (races >= 3 * WATCH_TRIES)  # split three times: single moves
