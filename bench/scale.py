@@ -196,6 +196,25 @@ def rss_kib(pid: int | None) -> tuple[int, int]:
     return found["VmRSS:"], found["VmHWM:"]
 
 
+def tree_pss_kib(pid: int | None) -> int:
+    """Proportional set size of pid and its children in KiB: the memory they hold together,
+    pages they share counted once (what a forked snapshot's copy-on-write adds shows here)."""
+    if pid is None:
+        return 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(child) for child in (task / "children").read_text().split()]
+    total = 0
+    for each in pids:
+        with contextlib.suppress(OSError):
+            found = re.search(
+                r"^Pss:\s+(\d+) kB", Path(f"/proc/{each}/smaps_rollup").read_text(), re.M
+            )
+            total += int(found.group(1)) if found else 0
+    return total
+
+
 def pin(pid: int, cpus: set[int] | None) -> None:
     """Every thread of pid onto cpus (--pin: the writer's host and the replicas' host on one
     machine); threads made later inherit it."""
@@ -284,6 +303,7 @@ class Sample:
     redis_used: int
     writer_rss: int
     api_rss: int
+    writer_tree_pss: int = 0  # the writer and its snapshot child, if one is writing
 
 
 class Sampler:
@@ -344,6 +364,7 @@ class Sampler:
             snapshot_items=self.newest_snapshot_items(),
             redis_used=used,
             writer_rss=rss_kib(run.writer.pid)[0] * 1024,
+            writer_tree_pss=tree_pss_kib(run.writer.pid) * 1024,
             api_rss=rss_kib(api_pid)[0] * 1024,
         )
 
@@ -383,6 +404,7 @@ class Result:
     writer_base_rss: int = 0
     writer_rss: int = 0
     writer_hwm: int = 0
+    writer_pss_peak: int = 0  # of the writer and its snapshot child together (sampled)
     api_base_rss: int = 0
     api_rss: int = 0
     api_hwm: int = 0
@@ -489,6 +511,7 @@ class Run:
         out.redis_records, out.redis_journal = redis_breakdown(self.client)
         out.redis_peak_info = int(info["used_memory_peak"])
         out.redis_peak = max(s.redis_used for s in sampler.samples)
+        out.writer_pss_peak = max(s.writer_tree_pss for s in sampler.samples)
         out.snapshots, out.projected = parse_writer_log(self.writer.log, wall0)
         out.writer_rss, out.writer_hwm = (v * 1024 for v in rss_kib(self.writer.pid))
         if self.api is not None:
@@ -997,6 +1020,7 @@ ROWS: list[tuple[str, Callable[[Result], str]]] = [
     ("  of it the journal KiB", lambda r: f"{r.redis_journal / 1024:.0f}"),
     ("  after trim less records MiB", lambda r: mib(r.redis_trimmed - r.redis_records)),
     ("writer RSS MiB (peak)", lambda r: rss_pair(r.writer_rss, r.writer_hwm)),
+    ("writer + snapshot child PSS MiB, peak", lambda r: f"{mib(r.writer_pss_peak)}"),
     ("writer bytes/item over empty", lambda r: per_item(r.writer_rss, r.writer_base_rss, r.items)),
     ("API RSS MiB, empty", lambda r: mib(r.api_base_rss)),
     ("API RSS MiB, followed (peak)", lambda r: rss_pair(r.api_rss, r.api_hwm)),
