@@ -86,8 +86,7 @@ class _Spawned:
     def start(self) -> None:
         # A process group of its own: a terminal's Ctrl-C reaches only us, and we stop children in
         # order. Not a session of its own: Linux schedules each session as one group (autogroup),
-        # and the processes' niceness (the writer's, the API's following thread's) must weigh
-        # against each other, not only within each process.
+        # and the writer's niceness must weigh against the other processes, not only within it.
         self._process = process = subprocess.Popen(
             self.spec.argv,
             env=self.spec.env,

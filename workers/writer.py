@@ -39,9 +39,9 @@ LOCK_TTL = 15.0
 # than the usual TTL: the writer's threads run on while the child writes.
 SAVE_SECONDS_PER_ITEM = 1e-4
 JOURNAL_READ = 1000  # entries a read; a shorter read means the writer has caught up
-# On a host it shares with API processes (`lookalike up`), queries come before the writer's graph
-# building, and that before a replica's following (api/replica.py: FOLLOW_NICENESS 10). Linux
-# weighs niceness only among the processes of one session (autogroup), hence cli/supervisor.py.
+# On a host it shares with API processes (`lookalike up`), their queries and following come before
+# the writer's graph building. Linux weighs niceness only among the processes of one session
+# (autogroup), hence cli/supervisor.py.
 WRITER_NICENESS = 5
 
 

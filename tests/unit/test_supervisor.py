@@ -104,7 +104,7 @@ def test_stop_ends_every_child_and_its_group() -> None:
 
 def test_children_share_our_session_each_in_a_process_group_of_its_own() -> None:
     # One session: Linux weighs niceness across its processes (autogroup scheduling), so the
-    # writer's and the following thread's niceness count against each other and the queries.
+    # writer's niceness counts against the API's queries.
     log = io.StringIO()
     specs = [ProcessSpec("one", _python(SLEEPER)), ProcessSpec("two", _python(SLEEPER))]
     supervisor = Supervisor(specs, log_stream=log)
