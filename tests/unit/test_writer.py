@@ -140,14 +140,19 @@ def test_the_writer_process_runs_nicer_than_its_parent(redis_server, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
+    watchdog = threading.Timer(60, process.kill)  # no such line: EOF, not a hung test
+    watchdog.start()
     try:
         assert process.stderr is not None
         for line in process.stderr:  # its first log line comes after the nice() call
             if "waiting for the writer lock" in line:
                 break
+        else:
+            pytest.fail("the writer exited or never said it was waiting for the lock")
         own = os.getpriority(os.PRIO_PROCESS, 0)
         expected = min(19, own + writer_module.WRITER_NICENESS)
         assert os.getpriority(os.PRIO_PROCESS, process.pid) == expected
     finally:
+        watchdog.cancel()
         process.terminate()
         process.wait(10)
