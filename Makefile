@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/index.py
+	$(BIN)/python bench/graph_cost.py
 	$(BIN)/python bench/importer.py
 	$(BIN)/python bench/gallery.py
 	$(BIN)/python bench/durability.py

@@ -14,7 +14,7 @@ from api.traffic import Traffic
 from shared import keys
 from shared.catalog import Catalog
 from shared.follower import catch_up, catch_up_unbroken, read_after, trimmed_past
-from shared.journal import START, position_key
+from shared.journal import START, parse_entry, position_key
 from shared.keys import MAIN, Generation
 from shared.settings import Settings
 from shared.snapshots import Loaded, Snapshot, SnapshotStore, open_store
@@ -25,10 +25,11 @@ REBASE = 5.0  # seconds between two looks for a newer snapshot while the small g
 # lacks at most this share of the small graph (during a bulk import the writer's snapshots lag
 # the replica, and each rebase onto one re-inserted the lag and stalled queries while loading).
 REBASE_MAX_MISSING = 0.25
-# hnswlib loads a snapshot holding the GIL (0.1 s for 20k items here, 18 s at a million), so
-# every query of the process waits for a rebase's load: only when it moves at least this share of
-# the catalog into the writer's graph. Loads then cost queries a bounded share of time however
-# slowly items come (at a trickle, every newer snapshot would otherwise be loaded).
+# hnswlib loads a snapshot holding the GIL (0.12 s of a 0.24 s load of 20k items here, 0.38 s at
+# 60k: bench/graph_cost.py; a million items load in 18 s), so every query of the process waits
+# for a rebase's load: only when it moves at least this share of the catalog into the writer's
+# graph. Loads then cost queries a bounded share of time however slowly items come (at a
+# trickle, every newer snapshot would otherwise be loaded).
 REBASE_MIN_SHARE = 0.1
 # The following thread keeps its process's niceness: niced, it was often preempted (by the writer,
 # on a shared host) while holding the GIL, and this process's queries waited for it to be run
@@ -157,10 +158,10 @@ class Replica:
         """The sequence number of the journal's entry at position (None if unknown)."""
         after: Any = self.client.xrange(self.gen.journal, min=f"({position}", count=1)
         if after:
-            fields = after[0][1]
-            return int(fields[b"n"]) - 1 if b"n" in fields else None
+            seq = parse_entry(*after[0]).seq
+            return None if seq is None else seq - 1
         last: Any = self.client.xrevrange(self.gen.journal, count=1)  # position is the head
-        return int(last[0][1][b"n"]) if last and b"n" in last[0][1] else None
+        return parse_entry(*last[0]).seq if last else None
 
     def _restore(self, store: SnapshotStore, serving: bool = True) -> tuple[Catalog, Loaded]:
         """A catalog served at once waits for lulls in the queries as it follows; one that

@@ -211,17 +211,30 @@ def test_a_catalog_s_pause_reaches_its_layered_index_whenever_it_is_made():
     assert catalog.index.pause is None
 
 
+@pytest.fixture
+def looked(monkeypatch) -> list[str]:
+    """The snapshot positions a replica weighs a rebase onto, as it looks (every loop)."""
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    positions: list[str] = []
+    seq_at = Replica._seq_at
+    monkeypatch.setattr(
+        Replica, "_seq_at", lambda self, at: positions.append(at) or seq_at(self, at)
+    )
+    return positions
+
+
+def writer_side(redis_server, tmp_path) -> tuple[Settings, SnapshotStore, Catalog]:
+    """Settings for both sides, and the writer's store and catalog."""
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
+    return settings, SnapshotStore(tmp_path / "index"), Catalog(settings)
+
+
 def test_a_replica_waits_for_a_snapshot_that_holds_most_of_its_small_graph(
-    client, redis_server, tmp_path, monkeypatch
+    client, redis_server, tmp_path, looked
 ):
     """A bulk import: the writer's snapshots lag the replica; a rebase onto one would insert
     the lag again (and stall queries while it loads), so the small graph grows meanwhile."""
-    monkeypatch.setattr("api.replica.REBASE", 0.0)
-    looked = []
-    seq_at = Replica._seq_at
-    monkeypatch.setattr(Replica, "_seq_at", lambda self, at: looked.append(at) or seq_at(self, at))
-    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
-    store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
+    settings, store, writer = writer_side(redis_server, tmp_path)
     replica = Replica(settings, client).start()
     try:
         journal(client, 0, 20)
@@ -244,16 +257,11 @@ def test_a_replica_waits_for_a_snapshot_that_holds_most_of_its_small_graph(
 
 
 def test_a_replica_loads_a_snapshot_only_when_it_moves_a_tenth_of_the_catalog(
-    client, redis_server, tmp_path, monkeypatch
+    client, redis_server, tmp_path, looked
 ):
     """A load stalls the process's queries (hnswlib holds the GIL): a trickle of new items does
     not make every newer snapshot worth one."""
-    monkeypatch.setattr("api.replica.REBASE", 0.0)
-    looked = []
-    seq_at = Replica._seq_at
-    monkeypatch.setattr(Replica, "_seq_at", lambda self, at: looked.append(at) or seq_at(self, at))
-    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
-    store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
+    settings, store, writer = writer_side(redis_server, tmp_path)
     journal(client, 0, 100)
     writer.apply(read_after(client, START, block_ms=None))
     first = writer.save(store)
@@ -283,8 +291,7 @@ def test_a_rebase_serves_what_was_served_at_once_and_follows_on_from_there(
     """A replica slower than the writer (a host busy with the writer's graph building) gains
     the snapshot's items at once; one ahead of the snapshot catches the fresh catalog up to what
     it serves, not to the journal's head, before serving it."""
-    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
-    store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
+    settings, store, writer = writer_side(redis_server, tmp_path)
     journal(client, 0, 110)
     replica = Replica(settings, client)  # not started: driven step by step here
     replica.catalog.apply(read_after(client, START, count=served, block_ms=None))
@@ -319,9 +326,7 @@ def test_a_replica_stays_on_its_snapshot_when_the_newer_one_does_not_load(
     client, redis_server, tmp_path, monkeypatch
 ):
     monkeypatch.setattr("api.replica.REBASE", 0.0)
-    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
-    store = SnapshotStore(tmp_path / "index")
-    writer = Catalog(settings)
+    settings, store, writer = writer_side(redis_server, tmp_path)
     journal(client, 0, 20)
     writer.apply(read_after(client, START, block_ms=None))
     first = writer.save(store)
