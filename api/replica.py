@@ -58,8 +58,10 @@ class Replica:
         self.settings = settings
         self.client = client
         # Following waits for a lull in this process's requests before each chunk of changes
-        # (at most FOLLOW_WAIT): a query then rarely waits for the index's lock.
-        self.traffic = traffic or Traffic(FOLLOW_WAIT)
+        # (at most FOLLOW_WAIT): a query then rarely waits for the index's lock. While requests
+        # come it also takes at most settings.follow_share of a core: a query then rarely waits
+        # for the core it shares with the following.
+        self.traffic = traffic or Traffic(FOLLOW_WAIT, settings.follow_share)
         self.gen = MAIN
         self.store = open_store(settings)
         self.catalog = Catalog(settings, layered=True, pause=self.traffic.lull)
@@ -165,8 +167,9 @@ class Replica:
 
     def _restore(self, store: SnapshotStore, serving: bool = True) -> tuple[Catalog, Loaded]:
         """A catalog served at once waits for lulls in the queries as it follows; one that
-        catches up first does not (no query waits for its lock)."""
-        pause = self.traffic.lull if serving else None
+        catches up first does not (no query waits for its lock), but both keep to the share of
+        a core that following may take while requests come."""
+        pause = self.traffic.lull if serving else self.traffic.pace
         return Catalog.restore(self.settings, store, layered=True, pause=pause)
 
     def serving(self) -> Generation:

@@ -1,4 +1,5 @@
-"""Requests in flight in this API process, so that the replica's following waits for a lull."""
+"""Requests in flight in this API process, so that the replica's following waits for a lull in
+them and, while they come, takes only a share of a core."""
 
 from __future__ import annotations
 
@@ -9,15 +10,32 @@ from contextlib import contextmanager
 from typing import Any
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# The longest one rest lasts, whatever the work before it took: the work still goes on.
+MAX_REST = 0.1
+# Requests come while one is in flight or began at most this long ago: a client that sends one
+# after another leaves gaps between them, and work in the gaps still delays the next.
+RECENT = 1.0
 
 
 class Traffic:
-    """Counts requests in flight; `lull` waits (a bounded time) until there are none."""
+    """Counts requests in flight; `lull` waits (a bounded time) until there are none.
 
-    def __init__(self, longest_wait: float) -> None:
+    Background work calls `lull` (or `pace`) between two small pieces. While requests come, it
+    rests after each piece so that the work takes at most `share` of a core (its thread's CPU
+    time): the requests, sharing a core with it, then wait for it rarely and briefly. Without
+    requests it goes on at full speed.
+    """
+
+    def __init__(self, longest_wait: float, share: float = 1.0) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
         self.longest_wait = longest_wait
+        self.share = share
         self._in_flight = 0
+        self._last_began = -RECENT  # time.monotonic() when the newest request began
         self._changed = threading.Condition()
+        # When the work last went on: its thread, and that thread's CPU time then.
+        self._went_on: tuple[int, float] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -45,14 +63,39 @@ class Traffic:
             self._add(1)
 
     def lull(self) -> float:
-        """Wait until no request is in flight, at most longest_wait; the seconds waited."""
+        """Rest (see pace), then wait until no request is in flight, at most longest_wait; the
+        seconds waited."""
         started = time.perf_counter()
+        self._rest()
         with self._changed:
             self._changed.wait_for(lambda: self._in_flight <= 0, self.longest_wait)
+        self._go_on()
         return time.perf_counter() - started
+
+    def pace(self) -> float:
+        """While requests come, rest so that the calling thread's work since its last pace or
+        lull takes at most `share` of the time; the seconds rested."""
+        started = time.perf_counter()
+        self._rest()
+        self._go_on()
+        return time.perf_counter() - started
+
+    def _rest(self) -> None:
+        went_on = self._went_on
+        if self.share >= 1 or went_on is None or went_on[0] != threading.get_ident():
+            return
+        if self._in_flight <= 0 and time.monotonic() - self._last_began > RECENT:
+            return  # no requests lately: nothing to make room for
+        worked = time.thread_time() - went_on[1]
+        time.sleep(min(MAX_REST, worked * (1 - self.share) / self.share))
+
+    def _go_on(self) -> None:
+        self._went_on = (threading.get_ident(), time.thread_time())
 
     def _add(self, change: int) -> None:
         with self._changed:
+            if change > 0:
+                self._last_began = time.monotonic()
             self._in_flight += change
             if self._in_flight <= 0:
                 self._changed.notify_all()

@@ -30,7 +30,7 @@ OVERLAY_EF_CONSTRUCTION = 40
 # Following uses one core at most, whatever the host has: the others stay free for queries
 # (and, on a host shared with the writer, for its graph building).
 OVERLAY_INSERT_THREADS = 1
-UPSERT_CHUNK = 4  # ids per write-lock hold: a query waits for at most this many inserts
+UPSERT_CHUNK = 1  # ids per write-lock hold: a query waits for at most one insert
 TIES_MAX = 1024  # items beyond the k-th that score the same as it, looked at to order them
 
 

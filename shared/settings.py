@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(16, ge=2, le=128, description="HNSW graph degree M.")
     hnsw_ef_construction: int = Field(200, ge=8, description="HNSW build beam width.")
     hnsw_ef_search: int = Field(128, ge=1, description="HNSW query beam width (at least k).")
+    follow_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Most of a core an API process spends following the journal while it "
+        "serves requests (1: no limit); idle, it follows at full speed.",
+    )
 
     # The pipeline.
     batch_wait: float = Field(

@@ -199,6 +199,20 @@ def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_grap
         replica.stop()
 
 
+@pytest.mark.parametrize("share", [0.25, 1.0])
+def test_a_replica_follows_at_the_share_of_a_core_its_settings_give(
+    redis_server, client, tmp_path, share
+):
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url, follow_share=share)
+    replica = Replica(settings, client)  # not started
+    assert replica.traffic.share == share
+    assert replica.catalog.pause == replica.traffic.lull
+    # A catalog caught up before it is served (a rebase, a switch) waits for no lull, but keeps
+    # to the share too: it takes the queries' core all the same.
+    fresh, _ = replica._restore(replica.store, serving=False)
+    assert fresh.pause == replica.traffic.pace
+
+
 def test_a_catalog_s_pause_reaches_its_layered_index_whenever_it_is_made():
     def lull() -> None:
         pass

@@ -1,14 +1,17 @@
-"""Requests in flight, and the replica's following waiting for a lull in them."""
+"""Requests in flight, and the replica's following waiting for a lull in them and keeping to
+its share of a core while they come."""
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
 
-from api.traffic import Traffic
+from api.traffic import MAX_REST, Traffic
 
 
 def blocking_app(release: threading.Event, entered: threading.Event) -> Any:
@@ -81,3 +84,92 @@ def test_a_request_that_fails_is_no_longer_counted():
     with pytest.raises(RuntimeError, match="boom"):
         traffic.middleware(failing)({}, lambda *args: None)
     assert traffic.in_flight == 0
+
+
+def burn(cpu_seconds: float) -> float:
+    """Work until this thread has used cpu_seconds of CPU time; the CPU time it used."""
+    start = time.thread_time()
+    while time.thread_time() - start < cpu_seconds:
+        pass
+    return time.thread_time() - start
+
+
+def answer_one(traffic: Traffic) -> None:
+    traffic.middleware(lambda environ, start_response: [b"ok"])({}, lambda *args: None)
+
+
+@pytest.mark.parametrize("share", [0.5, 0.25, 0.1])
+@pytest.mark.parametrize("step", ["pace", "lull"])
+def test_while_requests_come_following_rests_to_keep_to_its_share(share: float, step: str):
+    traffic = Traffic(longest_wait=10, share=share)
+    traffic.pace()  # following goes on from here
+    worked = burn(0.005)  # rests up to 0.045 s: under MAX_REST
+    answer_one(traffic)  # answered already: the next one may come at any moment
+    rested = getattr(traffic, step)()
+    assert worked * (1 - share) / share <= rested < MAX_REST + 1
+
+
+def test_a_request_in_flight_makes_following_rest():
+    traffic, release, entered = (
+        Traffic(longest_wait=0.01, share=0.5),
+        threading.Event(),
+        threading.Event(),
+    )
+    request = in_thread(traffic.middleware(blocking_app(release, entered)))
+    entered.wait(5)
+    traffic.pace()
+    worked = burn(0.02)
+    assert traffic.pace() >= worked
+    release.set()
+    request.join(5)
+
+
+@pytest.mark.parametrize(
+    ("share", "requests_lately"),
+    [(1.0, True), (0.1, False)],
+    ids=["no limit", "no requests"],
+)
+def test_following_goes_on_at_full_speed(share: float, requests_lately: bool):
+    traffic = Traffic(longest_wait=10, share=share)
+    traffic.pace()
+    burn(0.02)  # a rest at share 0.1 would last 0.18 s
+    if requests_lately:
+        answer_one(traffic)
+    assert traffic.pace() < 0.05
+
+
+def test_requests_long_ago_no_longer_make_following_rest(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("api.traffic.RECENT", 0.05)
+    traffic = Traffic(longest_wait=10, share=0.1)
+    answer_one(traffic)
+    time.sleep(0.1)
+    traffic.pace()
+    burn(0.02)
+    assert traffic.pace() < 0.05
+
+
+def test_a_rest_lasts_at_most_max_rest(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("api.traffic.MAX_REST", 0.05)
+    traffic = Traffic(longest_wait=10, share=0.01)
+    traffic.pace()
+    burn(0.02)  # uncapped, the rest would last 1.98 s
+    answer_one(traffic)
+    assert 0.05 <= traffic.pace() < 1
+
+
+def test_only_work_since_the_same_thread_went_on_is_weighed():
+    traffic = Traffic(longest_wait=10, share=0.1)
+    traffic.pace()
+    burn(0.02)
+    answer_one(traffic)
+    rested: list[float] = []
+    other = threading.Thread(target=lambda: rested.append(traffic.pace()))
+    other.start()
+    other.join(5)
+    assert rested and rested[0] < 0.05  # its first pace: it has done nothing yet
+
+
+@pytest.mark.parametrize("share", [0.0, -0.5, 1.5])
+def test_a_share_outside_zero_to_one_is_refused(share: float):
+    with pytest.raises(ValueError, match=re.escape(f"share must be in (0, 1], got {share}")):
+        Traffic(longest_wait=10, share=share)
