@@ -423,6 +423,18 @@ class Result:
     dup_top1: float = 0.0
     dup_top1_exact: float = 0.0
     timeline: list[Sample] = field(default_factory=list)
+    ef_sweep: list[EfPoint] = field(default_factory=list)
+
+
+@dataclass
+class EfPoint:
+    """The late API's answers with LOOKALIKE_HNSW_EF_SEARCH=ef (--ef-sweep)."""
+
+    ef: int
+    p50_ms: float
+    p99_ms: float
+    recall: float
+    dup_top1: float
 
 
 class Run:
@@ -449,10 +461,10 @@ class Run:
             env["LOOKALIKE_SNAPSHOT_URL"] = str(snapshots)
         return env
 
-    def start_api(self, name: str) -> tuple[Child, str]:
+    def start_api(self, name: str, settings: dict[str, str] | None = None) -> tuple[Child, str]:
         port = free_port()
         argv = processes.api_server(f"127.0.0.1:{port}")
-        env = self.env(self.base / name, self.base / "writer" / "index")
+        env = {**self.env(self.base / name, self.base / "writer" / "index"), **(settings or {})}
         child = Child(name, argv, env, self.base / f"{name}.log")
         self.children.append(child)
         url = f"http://127.0.0.1:{port}"
@@ -531,10 +543,7 @@ class Run:
             )
             print(f"  dims={self.dims}: {out.writer_stopped}", file=sys.stderr)
             self.writer.stop()
-        started = time.monotonic()
-        late, late_url = self.start_api("api2")
-        wait_for(lambda: api_items(late_url) >= args.items, 3600, "the late API", every=0.05)
-        out.late_api_s = time.monotonic() - started
+        late, late_url, out.late_api_s = self.start_late_api("api2")
         found = LOADED_LINE.search(late.log.read_text())
         out.late_api_load_s = float(found.group(2)) if found else None
         time.sleep(1.0)
@@ -543,7 +552,26 @@ class Run:
 
         truth = exact(data, rows, queries, perturbed(queries, args.dup_noise, args.seed))
         self.query(late_url, rows, queries, truth, out)
+        for ef in args.ef_sweep:
+            late.stop()  # one late API at a time: at a million items two would not fit
+            name = f"api-ef{ef}"
+            late, late_url, _ = self.start_late_api(name, {"LOOKALIKE_HNSW_EF_SEARCH": str(ef)})
+            swept = Result(self.dims, args.items)
+            self.query(late_url, rows, queries, truth, swept)
+            out.ef_sweep.append(
+                EfPoint(ef, swept.p50_ms, swept.p99_ms, swept.recall, swept.dup_top1)
+            )
+            print(f"  dims={self.dims}: ef {ef}: recall {swept.recall:.4f}", file=sys.stderr)
         return out
+
+    def start_late_api(
+        self, name: str, settings: dict[str, str] | None = None
+    ) -> tuple[Child, str, float]:
+        """An API started after the import, once it serves every item; the seconds that took."""
+        started = time.monotonic()
+        late, url = self.start_api(name, settings)
+        wait_for(lambda: api_items(url) >= self.args.items, 3600, name, every=0.05)
+        return late, url, time.monotonic() - started
 
     def inject(
         self, data: Data, rows: np.ndarray, queries: np.ndarray, lo: int = 0, hi: int | None = None
@@ -1064,6 +1092,12 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
             + ", ".join(f"{t:.0f}: {n} in {s:.1f}" for t, n, s in r.snapshots)
         )
         lines.append(timeline(r.timeline, args.every))
+        for point in r.ef_sweep:
+            lines.append(
+                f"  late API with LOOKALIKE_HNSW_EF_SEARCH={point.ef}: /similar p50 / p99 "
+                f"{point.p50_ms:.2f} / {point.p99_ms:.2f} ms, recall@{K} {point.recall:.4f}, "
+                f"near-dup top-1 {point.dup_top1:.3f}"
+            )
     return "\n".join(lines)
 
 
@@ -1095,6 +1129,7 @@ def load_results(path: Path) -> list[Result]:
     for raw in json.loads(path.read_text()):
         raw["timeline"] = [Sample(**sample) for sample in raw["timeline"]]
         raw["snapshots"] = [tuple(snapshot) for snapshot in raw["snapshots"]]
+        raw["ef_sweep"] = [EfPoint(**point) for point in raw.get("ef_sweep", [])]
         results.append(Result(**raw))
     return results
 
@@ -1111,6 +1146,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="recall and near-dup queries")
     parser.add_argument("--requests", type=int, default=400, help="timed /similar requests")
     parser.add_argument("--dup-noise", type=float, default=0.25, help="near-dup noise / std")
+    parser.add_argument(
+        "--ef-sweep", type=int, nargs="*", default=[],
+        help="then restart the late API with each LOOKALIKE_HNSW_EF_SEARCH and measure again",
+    )  # fmt: skip
     parser.add_argument("--api-after", action="store_true", help="no API during the import")
     parser.add_argument(
         "--max-backlog", type=int, default=None,
