@@ -47,6 +47,7 @@ class Traffic:
         """Wrap a WSGI app so that every request is counted while the app handles it."""
 
         def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            self._last_began = time.monotonic()  # a request resuming from aside() is no new one
             self._add(1)
             try:
                 return app(environ, start_response)
@@ -96,8 +97,6 @@ class Traffic:
 
     def _add(self, change: int) -> None:
         with self._changed:
-            if change > 0:
-                self._last_began = time.monotonic()
             self._in_flight += change
             if self._in_flight <= 0:
                 self._changed.notify_all()

@@ -770,9 +770,8 @@ class FollowResult:
     reloads: list[int] = field(default_factory=list)  # per API: "reloaded" (trimmed past it)
     restarts: list[int] = field(default_factory=list)  # per API: gunicorn workers booted, less 1
     idle: Latency = field(default_factory=Latency)
-    ingest: Latency = field(
-        default_factory=Latency
-    )  # from the import's start until API 1 serves all
+    # from the import's start until API 1 serves all
+    ingest: Latency = field(default_factory=Latency)
     # ... until the writer has applied every entry and every API serves every item: a replica
     # that follows slower than the writer (LOOKALIKE_FOLLOW_SHARE) has a longer first window
     whole: Latency = field(default_factory=Latency)
