@@ -702,6 +702,21 @@ RELOAD_LINE = re.compile(r"replica reloaded (\d+) items")
 REBASE_LINE = re.compile(
     r"replica moved onto snapshot \S+: (\d+) items, (\d+) since it, in ([\d.]+)s"
 )
+# The same line with logging's time stamp (api/app.py's format): when each load ended.
+STAMPED_REBASE_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*replica moved onto snapshot .* in ([\d.]+)s$",
+    re.MULTILINE,
+)
+
+
+def rebase_spans(text: str, wall_minus_monotonic: float) -> list[tuple[float, float]]:
+    """(monotonic start, end) of each rebase a replica's log tells of (its load and catch-up)."""
+    spans = []
+    for stamp, seconds in STAMPED_REBASE_LINE.findall(text):
+        ended = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        end = ended - wall_minus_monotonic
+        spans.append((end - float(seconds), end))
+    return spans
 
 
 def query_loop(url: str, ids: list[str], stop: Any, results: Any) -> None:
@@ -734,8 +749,17 @@ class Latency:
     max_ms: float = 0.0
 
     @classmethod
-    def of(cls, stamps: list[tuple[float, float, bool]], since: float, until: float) -> Latency:
-        inside = [(s, ok) for began, s, ok in stamps if since <= began < until]
+    def of(
+        cls,
+        stamps: list[tuple[float, float, bool]],
+        since: float,
+        until: float,
+        keep: Callable[[float, float], bool] = lambda began, ended: True,
+    ) -> Latency:
+        """Of the requests begun in [since, until) that keep(began, ended) holds for."""
+        inside = [
+            (s, ok) for began, s, ok in stamps if since <= began < until and keep(began, began + s)
+        ]
         if not inside:
             return cls()
         seconds = np.asarray([s for s, _ in inside]) * 1000
@@ -775,6 +799,10 @@ class FollowResult:
     # ... until the writer has applied every entry and every API serves every item: a replica
     # that follows slower than the writer (LOOKALIKE_FOLLOW_SHARE) has a longer first window
     whole: Latency = field(default_factory=Latency)
+    # ... of it, the requests that overlapped one of API 1's rebases (a snapshot's load holds
+    # the GIL), and the others
+    rebasing: Latency = field(default_factory=Latency)
+    between: Latency = field(default_factory=Latency)
     after: Latency = field(default_factory=Latency)
     items_final: list[int] = field(default_factory=list)
     sampled: list[tuple[int, int]] = field(default_factory=list)  # per API: found, asked
@@ -841,6 +869,7 @@ class FollowRun(Run):
         cpu0 = [cpu_seconds(api.pid) for api, _ in apis]
         writer0 = cpu_seconds(self.writer.pid)
         logs0 = [api.log.stat().st_size for api, _ in apis]
+        wall_minus_monotonic = time.time() - time.monotonic()
         out.inject_s = self.inject(data, nothing, no_vectors, seed, n)
         head = int(self.client.get(keys.JOURNAL_SEQ) or 0)
         print(f"  {replicas} replicas: {args.follow_items} journalled in {out.inject_s:.1f} s",
@@ -871,11 +900,14 @@ class FollowRun(Run):
         pairs = zip(apis, cpu0, strict=True)
         out.api_cpu_settled = [cpu_seconds(api.pid) - c for (api, _), c in pairs]
         out.writer_cpu_settled = cpu_seconds(self.writer.pid) - writer0
+        spans: list[tuple[float, float]] = []
         for (api, _), offset in zip(apis, logs0, strict=True):
             with api.log.open("rb") as file:
                 file.seek(offset)
                 text = file.read().decode(errors="replace")
             found = REBASE_LINE.findall(text)
+            if not out.rebases:  # API 1's
+                spans = rebase_spans(text, wall_minus_monotonic)
             out.rebases.append((len(found), sum(float(f[2]) for f in found)))
             out.reloads.append(len(RELOAD_LINE.findall(text)))
             # A worker killed (gunicorn's timeout) takes its CPU-seconds with it: count them.
@@ -890,7 +922,20 @@ class FollowRun(Run):
         client.join(30)
         out.idle = Latency.of(stamps, idle0, idle1)
         out.ingest = Latency.of(stamps, t0, last_served)
-        out.whole = Latency.of(stamps, t0, max(last_served, t0 + (out.writer_s or 0.0)))
+        whole_end = max(last_served, t0 + (out.writer_s or 0.0))
+        out.whole = Latency.of(stamps, t0, whole_end)
+
+        def rebasing(began: float, ended: float) -> bool:
+            return any(began < end and ended > start for start, end in spans)
+
+        out.rebasing = Latency.of(stamps, t0, whole_end, rebasing)
+        out.between = Latency.of(stamps, t0, whole_end, lambda b, e: not rebasing(b, e))
+        if args.stamps is not None:  # for a timeline of each request
+            args.stamps.write_text(json.dumps({
+                "t0": t0, "idle": [idle0, idle1], "whole_end": whole_end,
+                "writer_s": out.writer_s, "served_s": out.served_s,
+                "rebases": spans, "stamps": stamps,
+            }))  # fmt: skip
         out.after = Latency.of(stamps, after0, after1)
         out.idle_cpu_per_request = (api1_cpu1 - api1_cpu0) / max(1, out.idle.requests)
         out.requests_settled = Latency.of(stamps, t0, t0 + out.settled_s).requests
@@ -958,6 +1003,8 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
         (f"/similar k={K} idle: p50/p99/max ms (n)", lambda r: str(r.idle)),
         ("  import, until API 1 serves all", lambda r: str(r.ingest)),
         ("  import, until all applied and served", lambda r: str(r.whole)),
+        ("    of it, overlapping a rebase of API 1", lambda r: str(r.rebasing)),
+        ("    of it, the others", lambda r: str(r.between)),
         ("  idle after, all items", lambda r: str(r.after)),
         ("items served at end", lambda r: each(r.items_final, str)),
         ("sampled ids served", lambda r: each(r.sampled, lambda v: f"{v[0]}/{v[1]}")),
@@ -989,7 +1036,7 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
 def load_follow(path: Path) -> list[FollowResult]:
     results = []
     for raw in json.loads(path.read_text()):
-        for name in ("idle", "ingest", "whole", "after"):
+        for name in ("idle", "ingest", "whole", "rebasing", "between", "after"):
             raw[name] = Latency(**raw.get(name, {}))
         raw["rebases"] = [tuple(v) for v in raw["rebases"]]
         raw["sampled"] = [tuple(v) for v in raw["sampled"]]
@@ -1184,6 +1231,11 @@ def main() -> None:
         help="with --follow-items: the writer, Redis and the import on CPU 0, the replicas and "
         "the query client on CPU 1, as if the writer had a host of its own",
     )
+    parser.add_argument(
+        "--stamps", type=Path, default=None,
+        help="with --follow-items: write each /similar's start and seconds, and API 1's rebases, "
+        "here (JSON, monotonic seconds; the last replica count's run)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.max_backlog is None:
         # Unpaced, a million entries would wait in Redis (about 10 KiB each) beside the writer.
