@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from threadpoolctl import threadpool_limits
 
 from api.errors import register_error_handlers
 from api.gallery import gallery
@@ -20,6 +21,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.services import Services
 
     settings = settings or get_settings()
+    # Requests are this process's parallelism: a BLAS call (the replica's exact tail, a filtered
+    # search) on every core only contends with them and with a writer on the same host (a scan
+    # of 1,024 rows took 5 ms instead of 0.3 with the other core busy).
+    threadpool_limits(1, user_api="blas")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = Flask(__name__)
     # Room for the image and a form's other fields; the exact image limit is checked later.

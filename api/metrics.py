@@ -73,6 +73,16 @@ class PipelineCollector(Collector):
             "lookalike_index_items", "Items in this process's index replica",
             len(self.services.replica.catalog),
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            "lookalike_replica_items_since_snapshot",
+            "Items changed since this process's snapshot: its exact tail and small graph",
+            self.services.replica.catalog.overlay_items,
+        )
+        yield GaugeMetricFamily(
+            "lookalike_replica_waiting_for_snapshot",
+            "1 while this process's full exact tail waits for the writer's next snapshot",
+            float(self.services.replica.waiting),
+        )
         yield from self._journal(client)
         yield CounterMetricFamily(
             "lookalike_forward_passes", "Model forward passes", stats.get("forward_passes", 0.0)

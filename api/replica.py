@@ -14,7 +14,7 @@ from api.traffic import Traffic
 from shared import keys
 from shared.catalog import Catalog
 from shared.follower import catch_up, catch_up_unbroken, read_after, trimmed_past
-from shared.journal import START, parse_entry, position_key
+from shared.journal import START, JournalEntry, parse_entry, position_key
 from shared.keys import MAIN, Generation
 from shared.settings import Settings
 from shared.snapshots import Loaded, Snapshot, SnapshotStore, open_store
@@ -39,6 +39,13 @@ REBASE_MIN_SHARE = 0.1
 # and a request thread waiting for it got it only after Python's switch interval (5 ms), several
 # times a request: while a replica follows, a waiting thread asks it back after this long.
 FOLLOW_SWITCH_INTERVAL = 0.0005
+# A replica whose exact tail is full waits for the writer's next snapshot (at most
+# settings.replica_snapshot_wait) instead of inserting what follows into a graph of its own, when
+# at least this many journal entries wait beyond the tail: a bulk import, which the writer
+# snapshots often (every snapshot_fraction of the index). Fewer (a trickle) go into the small
+# graph at once, so that a new item still reaches the replica within a second.
+WAIT_BACKLOG = 64
+WAIT_POLL = 1.0  # seconds between two looks for that snapshot while waiting
 # The longest a chunk of changes waits for no request to be in flight: under a steady stream
 # of queries following still goes on (a chunk at least this often), a new item later.
 FOLLOW_WAIT = 0.01
@@ -68,6 +75,8 @@ class Replica:
         self.previous: Catalog | None = None
         self._rebase_checked = time.monotonic()
         self._rebase_tried: str | None = None  # the newest snapshot a rebase last looked at
+        # The catalog whose exact tail filled during a bulk import, and since when (_fitting).
+        self._full: tuple[Catalog, float] | None = None
         self.loaded = threading.Event()
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -99,18 +108,51 @@ class Replica:
             if serving != self.gen:
                 self._switch(serving)
             catalog = self.catalog
+            if self.waiting:
+                self._stop.wait(WAIT_POLL)
+                self._maybe_rebase(every=WAIT_POLL)
+                continue
             before = catalog.position
             entries = read_after(self.client, before, block_ms=500, gen=self.gen)
             if trimmed_past(self.client, before, self.gen) and self._reload_helps(before):
                 continue  # what we missed was in a newer snapshot, now loaded
-            catalog.apply(entries)
+            catalog.apply(self._fitting(catalog, entries))
             self.last_error = None
             self._maybe_rebase()
 
-    def _maybe_rebase(self) -> None:
-        """Load the writer's newer snapshot, if there is one, in place of the small graph the
-        replica built since its own (it never rebuilds what the writer built)."""
-        if self.catalog.overlay_items == 0 or time.monotonic() - self._rebase_checked < REBASE:
+    @property
+    def waiting(self) -> bool:
+        """Whether following waits for the writer's next snapshot (see _fitting)."""
+        full = self._full
+        return (
+            full is not None
+            and full[0] is self.catalog
+            and time.monotonic() - full[1] < self.settings.replica_snapshot_wait
+        )
+
+    def _fitting(self, catalog: Catalog, entries: list[JournalEntry]) -> list[JournalEntry]:
+        """entries, or during a bulk import (WAIT_BACKLOG) only those whose items fit the exact
+        tail: the rest waits for the writer's next snapshot, read again once it is loaded or
+        the wait is over (then into the small graph)."""
+        room = catalog.exact_room
+        if room is None or (self._full is not None and self._full[0] is catalog):
+            return entries  # not layered yet, or waited out already
+        fit, upserts = len(entries), 0
+        for at, entry in enumerate(entries):
+            upserts += entry.op != "delete"  # an update of an item in the tail too: a bound
+            if upserts > room:
+                fit = at
+                break
+        if len(entries) - fit < WAIT_BACKLOG:
+            return entries
+        self._full = (catalog, time.monotonic())
+        log.info("replica: exact tail full at %s; waiting for the writer's snapshot", catalog.seq)
+        return entries[:fit]
+
+    def _maybe_rebase(self, every: float = REBASE) -> None:
+        """Load the writer's newer snapshot, if there is one, in place of what the replica
+        added since its own (it never rebuilds what the writer built)."""
+        if self.catalog.overlay_items == 0 or time.monotonic() - self._rebase_checked < every:
             return
         self._rebase_checked = time.monotonic()
         snapshots = self.store.snapshots()

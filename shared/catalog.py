@@ -87,8 +87,13 @@ class Catalog:
 
     @property
     def overlay_items(self) -> int:
-        """A replica's: items in its small graph (what the journal changed since the snapshot)."""
-        return len(self.index.overlay) if isinstance(self.index, LayeredIndex) else 0
+        """A replica's: items the journal changed since its snapshot (exact tail, small graph)."""
+        return self.index.since_base if isinstance(self.index, LayeredIndex) else 0
+
+    @property
+    def exact_room(self) -> int | None:
+        """A replica's: how many more new items its exact tail takes (None: not layered yet)."""
+        return self.index.tail.room if isinstance(self.index, LayeredIndex) else None
 
     @property
     def model_id(self) -> str | None:

@@ -356,17 +356,7 @@ class VectorIndex:
 
     def _check_vectors(self, ids: list[str], vectors: npt.ArrayLike) -> Vectors:
         """The vectors as a C-contiguous (n, dim) float32 array, or a clear error."""
-        data = np.ascontiguousarray(vectors, dtype=np.float32)
-        if data.ndim != 2 or data.shape[1] != self.dim:
-            raise DimensionMismatch(
-                f"index has dimension {self.dim}, got vectors of shape {data.shape}"
-            )
-        if data.shape[0] != len(ids):
-            raise ValueError(f"got {len(ids)} ids but {data.shape[0]} vectors")
-        bad = _first_unusable(data)
-        if bad is not None:
-            row, reason = bad
-            raise InvalidVector(f"vector for id {ids[row]!r} {reason}")
+        data = checked_vectors(ids, vectors, self.dim)
         if self.projection is None:
             return data
         data = self.projection.apply(data)
@@ -422,14 +412,7 @@ class VectorIndex:
         return self._query_graph(query, k, skip)
 
     def _check_query(self, vector: npt.ArrayLike) -> Vectors:
-        query = np.ascontiguousarray(vector, dtype=np.float32)
-        if query.shape != (self.dim,):
-            raise DimensionMismatch(
-                f"index has dimension {self.dim}, got a query vector of shape {query.shape}"
-            )
-        bad = _first_unusable(query[np.newaxis, :])
-        if bad is not None:
-            raise InvalidVector(f"query vector {bad[1]}")
+        query = checked_query(vector, self.dim)
         if self.projection is None:
             return query
         query = self.projection.apply(query[np.newaxis, :])[0]
@@ -449,11 +432,11 @@ class VectorIndex:
         # hnswlib searches with max(ef, n), which is the ef = max(ef_search, k + excluded)
         # we want; setting ef per query instead would race between concurrent queries.
         try:
-            labels, distances = self._index.knn_query(query, k=n, num_threads=1)
+            labels, _ = self._index.knn_query(query, k=n, num_threads=1)
         except RuntimeError:
             # Fewer than n live items reachable (a graph thinned by deletions): scan exactly.
             return self._exact(query, k, [lb for lb in self._ids if lb not in skip])
-        return self._hits(labels[0], distances[0], k, skip)
+        return self._hits(query, labels[0], k, skip)
 
     def _query_allowed(self, query: Vectors, k: int, allowed: set[int]) -> Hits:
         if not allowed:
@@ -462,24 +445,31 @@ class VectorIndex:
         if len(allowed) <= limit:
             return self._exact(query, k, list(allowed))
         try:
-            labels, distances = self._index.knn_query(
+            labels, _ = self._index.knn_query(
                 query, k=min(k, len(allowed)), num_threads=1, filter=allowed.__contains__
             )
         except RuntimeError:
             return self._exact(query, k, list(allowed))
-        return self._hits(labels[0], distances[0], k, set())
+        return self._hits(query, labels[0], k, set())
 
-    def _hits(self, labels: npt.NDArray[Any], distances: Vectors, k: int, skip: set[int]) -> Hits:
-        hits: Hits = []
-        for label, distance in zip(labels.tolist(), distances.tolist(), strict=True):
-            id_ = self._ids.get(label)
-            # None: a label an add that failed part-way left in the graph but not in our map.
-            if id_ is None or label in skip:
-                continue
-            hits.append((id_, 1.0 - distance))
-            if len(hits) == k:
-                break
-        return hits
+    def _hits(self, query: Vectors, labels: npt.NDArray[Any], k: int, skip: set[int]) -> Hits:
+        found: list[int] = []
+        for label in labels.tolist():
+            # Not in our map: a label an add that failed part-way left in the graph.
+            if label in self._ids and label not in skip:
+                found.append(label)
+                if len(found) == k:
+                    break
+        return self._scored(query, found)
+
+    def _scored(self, query: Vectors, labels: Sequence[int]) -> Hits:
+        """(id, cosine similarity) of labels, best first, scored by exact_scores."""
+        if not labels:
+            return []
+        rows = np.asarray(self._index.get_items(list(labels)), dtype=np.float32)
+        scores = exact_scores(unit(query), rows)
+        order = np.argsort(-scores, kind="stable")
+        return [(self._ids[int(labels[i])], float(scores[i])) for i in order]
 
     def _exact(self, query: Vectors, k: int, labels: list[int]) -> Hits:
         """Exact top k among labels, fetched in chunks so memory stays bounded."""
@@ -495,8 +485,7 @@ class VectorIndex:
             if len(best_scores) > k:
                 top = np.argpartition(-best_scores, k - 1)[:k]
                 best_labels, best_scores = best_labels[top], best_scores[top]
-        order = np.argsort(-best_scores, kind="stable")
-        return [(self._ids[int(best_labels[i])], float(best_scores[i])) for i in order]
+        return self._scored(query, best_labels.tolist())
 
     # Persistence.
 
@@ -738,6 +727,56 @@ def _seal_file(path: Path) -> dict[str, Any]:
         digest = hashlib.file_digest(file, "sha256").hexdigest()
         size = os.fstat(file.fileno()).st_size
     return {"index_file": path.name, "index_bytes": size, "index_sha256": digest}
+
+
+def stored_form(data: Vectors) -> Vectors:
+    """data's rows as hnswlib's cosine space stores them (unit length, the same bits), for
+    vectors kept beside a graph (shared.tail) to score exactly as the graph's own."""
+    scratch = hnswlib.Index(space=SPACE, dim=data.shape[1])
+    scratch.init_index(max_elements=max(1, len(data)), M=2, ef_construction=2)
+    labels = np.arange(len(data), dtype=np.uint64)
+    scratch.add_items(data, labels, num_threads=1)
+    return np.asarray(scratch.get_items(labels), dtype=np.float32).reshape(data.shape)
+
+
+def unit(vector: Vectors) -> Vectors:
+    """vector at unit length (a query, before exact_scores)."""
+    return vector / np.float32(np.linalg.norm(vector))
+
+
+def exact_scores(query: Vectors, rows: Vectors) -> Vectors:
+    """Cosine similarities of unit rows to a unit query, each summed on its own (numpy's pairwise
+    sum along the row), so that a row scores the same bits whatever else is scored with it and
+    whichever part of an index holds it: equal vectors tie, and then order by id (a BLAS
+    product's or hnswlib's sums depend on the kernel and differ in the last bits)."""
+    return np.asarray((rows * query).sum(axis=1, dtype=np.float32), dtype=np.float32)
+
+
+def checked_vectors(ids: list[str], vectors: npt.ArrayLike, dim: int) -> Vectors:
+    """vectors as a C-contiguous (len(ids), dim) float32 array, or a clear error."""
+    data = np.ascontiguousarray(vectors, dtype=np.float32)
+    if data.ndim != 2 or data.shape[1] != dim:
+        raise DimensionMismatch(f"index has dimension {dim}, got vectors of shape {data.shape}")
+    if data.shape[0] != len(ids):
+        raise ValueError(f"got {len(ids)} ids but {data.shape[0]} vectors")
+    bad = _first_unusable(data)
+    if bad is not None:
+        row, reason = bad
+        raise InvalidVector(f"vector for id {ids[row]!r} {reason}")
+    return data
+
+
+def checked_query(vector: npt.ArrayLike, dim: int) -> Vectors:
+    """A query vector as a C-contiguous (dim,) float32 array, or a clear error."""
+    query = np.ascontiguousarray(vector, dtype=np.float32)
+    if query.shape != (dim,):
+        raise DimensionMismatch(
+            f"index has dimension {dim}, got a query vector of shape {query.shape}"
+        )
+    bad = _first_unusable(query[np.newaxis, :])
+    if bad is not None:
+        raise InvalidVector(f"query vector {bad[1]}")
+    return query
 
 
 def unusable_reason(vector: npt.ArrayLike) -> str | None:

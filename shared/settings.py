@@ -84,6 +84,19 @@ class Settings(BaseSettings):
         description="Most of a core an API process spends following the journal while it "
         "serves requests (1: no limit); idle, it follows at full speed.",
     )
+    replica_exact_items: int = Field(
+        1024,
+        ge=0,
+        le=65536,
+        description="Newest items an API process searches exactly instead of inserting them into "
+        "a graph of its own (a copy each; every query scans them).",
+    )
+    replica_snapshot_wait: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds an API process whose exact items are full waits for the writer's "
+        "next snapshot during a bulk import before it builds a small graph of what follows.",
+    )
 
     # The pipeline.
     batch_wait: float = Field(

@@ -160,6 +160,8 @@ def test_metrics_count_requests_tasks_and_queue_depth(client):
     assert 'lookalike_tasks_total{state="queued"} 2.0' in text
     assert "lookalike_queue_depth 2.0" in text
     assert "lookalike_index_items 0.0" in text
+    assert "lookalike_replica_items_since_snapshot 0.0" in text
+    assert "lookalike_replica_waiting_for_snapshot 0.0" in text
     posts = 'lookalike_http_requests_total{endpoint="/api/v1/products",method="POST",status="202"}'
     assert f"{posts} 2.0" in text
 

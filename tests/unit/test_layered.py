@@ -1,10 +1,11 @@
-"""A replica's layered index: the snapshot's graph plus a small graph of later changes."""
+"""A replica's layered index: the snapshot's graph plus later changes, in an exact tail and a
+small graph."""
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -14,12 +15,13 @@ import redis
 from api.replica import Replica
 from shared import keys
 from shared.catalog import Catalog
-from shared.errors import DimensionMismatch
+from shared.errors import DimensionMismatch, InvalidVector
 from shared.follower import catch_up_unbroken, read_after, trim_before
 from shared.index import INDEX_FILE, Projection, VectorIndex
 from shared.journal import START, JournalEntry, append, delete_entry, upsert_entry
 from shared.layered import (
     OVERLAY_EF_CONSTRUCTION,
+    TAIL_CHUNK,
     UPSERT_CHUNK,
     LayeredIndex,
 )
@@ -29,6 +31,10 @@ from shared.snapshots import SnapshotStore
 from tests.support.stack import wait_until
 
 DIM, MODEL = 64, "resnet50-test"
+# Where later changes go: all into the exact tail, all into the small graph, or split (the
+# tail's room runs out part-way).
+PARTS = {"exact tail": 1024, "small graph": 0, "split": 25}
+IN_GRAPH = Settings(replica_exact_items=0)
 
 
 def vectors(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
@@ -44,16 +50,41 @@ def base() -> VectorIndex:
     return index
 
 
-def test_changes_go_to_the_small_graph_and_hide_the_snapshot_copies(base):
-    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+@pytest.mark.parametrize(("exact", "part"), [(1024, "tail"), (0, "overlay")])
+def test_changes_go_to_the_tail_or_small_graph_and_hide_the_snapshot_copies(base, exact, part):
+    layered = LayeredIndex(Settings(replica_exact_items=exact), base, DIM, MODEL)
     assert layered.overlay.ef_construction == OVERLAY_EF_CONSTRUCTION
     moved = vectors(1, seed=5)
     layered.upsert(["b3", "new"], np.concatenate([moved, moved]))
     assert len(layered) == 201 and "b3" not in base and "b3" in layered
-    assert sorted(layered.overlay.ids()) == ["b3", "new"]
+    assert sorted(getattr(layered, part).ids()) == ["b3", "new"]
     hits = layered.query(moved[0], 2)
     assert {hit[0] for hit in hits} == {"b3", "new"}  # the new copy, not the snapshot's
     assert layered.delete(["b3", "b4"]) == 2 and "b3" not in layered and len(layered) == 199
+
+
+def test_the_tail_takes_new_items_until_full_then_the_small_graph_does(base):
+    layered = LayeredIndex(Settings(replica_exact_items=3), base, DIM, MODEL)
+    layered.upsert(["n0", "n1"], vectors(2, seed=1))
+    layered.upsert(["n1", "n2", "n3", "n4"], vectors(4, seed=2))  # n1: an update, no room taken
+    assert sorted(layered.tail.ids()) == ["n0", "n1", "n2"] and layered.tail.room == 0
+    assert sorted(layered.overlay.ids()) == ["n3", "n4"]
+    layered.upsert(["n0"], vectors(1, seed=3))  # a full tail still updates what it holds
+    assert "n0" in layered.tail and "n0" not in layered.overlay
+    assert layered.delete(["n1"]) == 1 and layered.tail.room == 1
+    layered.upsert(["n3"], vectors(1, seed=4))  # from the small graph into the room made
+    assert "n3" in layered.tail and "n3" not in layered.overlay and len(layered) == 204
+
+
+@pytest.mark.parametrize("exact", PARTS.values(), ids=PARTS.keys())
+def test_an_unusable_vector_refuses_the_whole_change(base, exact):
+    layered = LayeredIndex(Settings(replica_exact_items=exact), base, DIM, MODEL)
+    bad = vectors(30, seed=1)
+    bad[29] = 0.0
+    ids = [f"b{n}" for n in range(30)]
+    with pytest.raises(InvalidVector, match=r"^vector for id 'b29' is all zeros: cosine"):
+        layered.upsert(ids, bad)
+    assert len(layered) == 200 and layered.since_base == 0 and all(i in base for i in ids)
 
 
 class CountingThreads:
@@ -72,7 +103,7 @@ class CountingThreads:
 
 
 def test_following_inserts_with_one_thread_and_the_writer_with_all(base):
-    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+    layered = LayeredIndex(IN_GRAPH, base, DIM, MODEL)
     layered.overlay._index = overlay = CountingThreads(layered.overlay._index)  # type: ignore[assignment]
     base._index = writer = CountingThreads(base._index)  # type: ignore[assignment]
     layered.upsert([f"n{n}" for n in range(40)], vectors(40, seed=3))
@@ -82,9 +113,11 @@ def test_following_inserts_with_one_thread_and_the_writer_with_all(base):
     assert len(layered) == 242
 
 
-def test_changes_pause_before_each_chunk_outside_the_lock(base):
+@pytest.mark.parametrize(("exact", "chunks"), [(0, -(-300 // UPSERT_CHUNK)), (1024, 3), (100, 201)])
+def test_changes_pause_before_each_chunk_outside_the_lock(base, exact, chunks):
+    assert TAIL_CHUNK == 128  # (1024, 3): 300 ids in three chunks; (100, 201): 1 + 200
     answered: list[bool] = []
-    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+    layered = LayeredIndex(Settings(replica_exact_items=exact), base, DIM, MODEL)
 
     def pause() -> None:  # a query from another thread runs meanwhile: the lock is free
         query = threading.Thread(target=layered.query, args=(vectors(1)[0], 3))
@@ -93,13 +126,14 @@ def test_changes_pause_before_each_chunk_outside_the_lock(base):
         answered.append(not query.is_alive())
 
     layered.pause = pause
-    layered.upsert([f"n{n}" for n in range(10)], vectors(10, seed=3))
-    assert answered == [True] * -(-10 // UPSERT_CHUNK)
-    assert len(layered) == 210
+    layered.upsert([f"n{n}" for n in range(300)], vectors(300, seed=3))
+    assert answered == [True] * chunks
+    assert len(layered) == 500
 
 
-def test_answers_equal_a_single_graph_of_the_same_vectors(base):
-    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+@pytest.mark.parametrize("exact", PARTS.values(), ids=PARTS.keys())
+def test_answers_equal_a_single_graph_of_the_same_vectors(base, exact):
+    layered = LayeredIndex(Settings(replica_exact_items=exact), base, DIM, MODEL)
     single = VectorIndex(DIM, MODEL, capacity=512)
     single.upsert([f"b{n}" for n in range(200)], vectors(200))
     extra = vectors(60, seed=1)
@@ -122,13 +156,14 @@ def test_answers_equal_a_single_graph_of_the_same_vectors(base):
     assert layered.query_like("n3", 5, exclude={"n3"})[0][0] != "n3"
 
 
-def test_equal_scores_make_the_k_by_id_whichever_graph_holds_them(base):
+@pytest.mark.parametrize("exact", [*PARTS.values(), 1, 2], ids=[*PARTS.keys(), "1", "2"])
+def test_equal_scores_make_the_k_by_id_whichever_part_holds_them(base, exact):
     same = np.repeat(vectors(1, seed=7), 6, axis=0)
     whole = VectorIndex(DIM, MODEL, capacity=256)
     whole.upsert([f"b{n}" for n in range(200)], vectors(200))
     whole.upsert(["d5", "d0", "d4", "d1", "d2", "d3"], same)
     base.upsert(["d5", "d0", "d4"], same[:3])
-    layered = LayeredIndex(Settings(), base, DIM, MODEL)
+    layered = LayeredIndex(Settings(replica_exact_items=exact), base, DIM, MODEL)
     layered.upsert(["d1", "d2", "d3"], same[3:])
     rebased = LayeredIndex(Settings(), whole, DIM, MODEL)  # the same items, all in the snapshot
     for index in (layered, rebased):
@@ -197,6 +232,65 @@ def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_grap
         assert isinstance(served, LayeredIndex) and served.pause == replica.traffic.lull
     finally:
         replica.stop()
+
+
+@pytest.fixture
+def tail_of_ten(client, redis_server, tmp_path, monkeypatch) -> Iterator[Replica]:
+    """A replica with room for 10 exact items, holding 5 (in its tail), looking for snapshots
+    and checking its wait often."""
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    monkeypatch.setattr("api.replica.WAIT_POLL", 0.05)
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url, replica_exact_items=10)
+    replica = Replica(settings, client).start()
+    journal(client, 0, 5)
+    wait_until(lambda: len(replica.catalog) == 5, 10, "replica did not follow")
+    yield replica
+    replica.stop()
+
+
+def small_graph(replica: Replica) -> int:
+    index = replica.catalog.index
+    assert isinstance(index, LayeredIndex)
+    return len(index.overlay)
+
+
+def test_a_full_exact_tail_waits_for_the_writers_snapshot_during_a_bulk_import(
+    tail_of_ten, client, tmp_path
+):
+    replica = tail_of_ten
+    journal(client, 5, 100)  # a burst: 95 entries beyond the tail's room
+    wait_until(lambda: replica.waiting, 10, "the replica did not wait")
+    assert len(replica.catalog) == 10 and small_graph(replica) == 0
+    writer = Catalog(replica.settings)
+    writer.apply(read_after(client, START, block_ms=None))
+    snapshot = writer.save(SnapshotStore(tmp_path / "index"))
+    assert snapshot is not None
+    wait_until(lambda: len(replica.catalog) == 105, 10, "the replica did not move on")
+    assert replica.catalog.base_position == snapshot.position and not replica.waiting
+    assert small_graph(replica) == 0  # it built no graph: the writer's holds all
+    journal(client, 105, 1)  # and goes on following into its (new, empty) tail
+    wait_until(lambda: len(replica.catalog) == 106, 10, "the replica stopped following")
+
+
+def test_a_full_exact_tail_waits_no_longer_than_its_setting_then_builds_a_small_graph(
+    tail_of_ten, client
+):
+    replica = tail_of_ten
+    replica.settings = replica.settings.model_copy(update={"replica_snapshot_wait": 0.3})
+    journal(client, 5, 100)  # no snapshot ever comes
+    wait_until(lambda: len(replica.catalog) == 105, 10, "the replica waited on")
+    assert small_graph(replica) == 95 and replica.catalog.overlay_items == 105
+    assert not replica.waiting
+
+
+def test_a_trickle_past_a_full_exact_tail_goes_into_the_small_graph_at_once(tail_of_ten, client):
+    replica = tail_of_ten
+    journal(client, 5, 5)
+    wait_until(lambda: len(replica.catalog) == 10, 10, "the replica did not follow")
+    for n in range(10, 13):  # a new item still reaches the replica within a second
+        journal(client, n, 1)
+        wait_until(lambda n=n: len(replica.catalog) == n + 1, 1.0, "the item waited")
+    assert small_graph(replica) == 3 and not replica.waiting
 
 
 @pytest.mark.parametrize("share", [0.25, 1.0])
