@@ -108,6 +108,8 @@ class Replica:
             if serving != self.gen:
                 self._switch(serving)
             catalog = self.catalog
+            if self._full is not None and self._full[0] is not catalog:
+                self._full = None  # moved on: and the old catalog's memory is freed
             if self.waiting:
                 self._stop.wait(WAIT_POLL)
                 self._maybe_rebase(every=WAIT_POLL)
