@@ -46,6 +46,7 @@ FOLLOW_SWITCH_INTERVAL = 0.0005
 # graph at once, so that a new item still reaches the replica within a second.
 WAIT_BACKLOG = 64
 WAIT_POLL = 1.0  # seconds between two looks for that snapshot while waiting
+WAITING_TTL = 5  # seconds the writer hears of a waiting replica after its last look
 # The longest a chunk of changes waits for no request to be in flight: under a steady stream
 # of queries following still goes on (a chunk at least this often), a new item later.
 FOLLOW_WAIT = 0.01
@@ -111,6 +112,8 @@ class Replica:
             if self._full is not None and self._full[0] is not catalog:
                 self._full = None  # moved on: and the old catalog's memory is freed
             if self.waiting:
+                # Tells the writer, which then snapshots as soon as the burst is over.
+                self.client.set(self.gen.replicas_waiting, 1, ex=WAITING_TTL)
                 self._stop.wait(WAIT_POLL)
                 self._maybe_rebase(every=WAIT_POLL)
                 continue
@@ -189,12 +192,15 @@ class Replica:
     def _worth_loading(self, snapshot: Snapshot) -> bool:
         """Whether a rebase onto snapshot is worth a load: it lacks at most REBASE_MAX_MISSING
         of the small graph, and it moves at least REBASE_MIN_SHARE of the catalog into the
-        writer's graph (what the small graph holds of it, and what the replica lacks)."""
+        writer's graph (what the small graph holds of it, and what the replica lacks); while
+        the replica waits for a snapshot (_fitting), any that is ahead of it."""
         at, served = self._seq_at(snapshot.position), self.catalog.seq
         if at is None or served is None:
             return True  # entries without sequence numbers: nothing to weigh
         overlay = self.catalog.overlay_items
         missing, ahead = max(0, served - at), max(0, at - served)
+        if self.waiting:
+            return ahead > 0  # the only way on without building a graph
         if missing > REBASE_MAX_MISSING * overlay:
             log.debug("replica: snapshot %s lacks %d of its entries", snapshot.name, missing)
             return False  # the writer is still behind: the small graph grows meanwhile

@@ -79,6 +79,11 @@ class Generation:
         return self._key("index:model")
 
     @property
+    def replicas_waiting(self) -> str:
+        """Set (briefly) while an API replica waits for the writer's next snapshot."""
+        return self._key("replicas:waiting")
+
+    @property
     def writer_lock(self) -> str:
         return self._key("writer:lock")
 

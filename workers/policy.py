@@ -21,9 +21,10 @@ CAUGHT_UP_SHARE = 1 / SIZE_DUTY
 @dataclass
 class SnapshotPolicy:
     """Due when the entries since the last snapshot reach a share of the index (at least
-    snapshot_every; a quarter of that share once the writer has caught up), or by time while
-    anything changed, or, once idle, to let the journal be trimmed up to the newest snapshot
-    (the two kept ones then hold the same position)."""
+    snapshot_every; a quarter of that share once the writer has caught up, and any once it has
+    caught up while a replica waits for it), or by time while anything changed, or, once idle,
+    to let the journal be trimmed up to the newest snapshot (the two kept ones then hold the
+    same position)."""
 
     settings: Settings
     last_at: float = field(default_factory=time.monotonic)
@@ -31,11 +32,19 @@ class SnapshotPolicy:
     trim_pending: bool = False  # the journal still holds entries the newest snapshot covers
 
     def due(
-        self, unsaved: int, items: int, now: float | None = None, caught_up: bool = False
+        self,
+        unsaved: int,
+        items: int,
+        now: float | None = None,
+        caught_up: bool = False,
+        waited_for: bool = False,
     ) -> bool:
+        """waited_for: an API replica waits for the next snapshot (its exact tail full during a
+        bulk import); once the burst is over it is due as if by size."""
         elapsed = (time.monotonic() if now is None else now) - self.last_at
         share = self.settings.snapshot_fraction * (CAUGHT_UP_SHARE if caught_up else 1.0)
         by_size = unsaved >= max(self.settings.snapshot_every, share * items)
+        by_size |= caught_up and waited_for and unsaved > 0
         if by_size:
             return elapsed >= SIZE_DUTY * self.last_seconds
         gap = max(self.settings.snapshot_interval, TIME_DUTY * self.last_seconds)

@@ -147,7 +147,9 @@ class IndexWriter:
                     policy.done(*self.wait_committed())
                 caught_up = len(entries) < JOURNAL_READ
                 ready = self._commit is None and catalog.index is not None
-                if ready and policy.due(unsaved, len(catalog), caught_up=caught_up):
+                if ready and policy.due(
+                    unsaved, len(catalog), caught_up=caught_up, waited_for=self._waited_for()
+                ):
                     self.snapshot(catalog)
                     unsaved = 0
             if unsaved and self.holding.is_set():
@@ -155,6 +157,10 @@ class IndexWriter:
                 self.snapshot(catalog)
         finally:
             self.wait_committed()
+
+    def _waited_for(self) -> bool:
+        """Whether an API replica waits for the next snapshot (api/replica.py)."""
+        return bool(self.client.exists(self.gen.replicas_waiting))
 
     def _report(self, catalog: Catalog) -> None:
         """Where the writer is, for /metrics and /readyz (its lag behind the journal's head)."""

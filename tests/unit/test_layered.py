@@ -272,6 +272,34 @@ def test_a_full_exact_tail_waits_for_the_writers_snapshot_during_a_bulk_import(
     wait_until(lambda: len(replica.catalog) == 106, 10, "the replica stopped following")
 
 
+def test_a_waiting_replica_tells_the_writer_and_loads_any_snapshot_ahead_of_it(
+    client, redis_server, tmp_path, monkeypatch
+):
+    """A snapshot that moves less than a tenth of the catalog is not worth a load, except to a
+    replica that waits for one: it is its only way on without building a graph."""
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    monkeypatch.setattr("api.replica.WAIT_POLL", 0.05)
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url, replica_exact_items=10)
+    store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
+    journal(client, 0, 300)
+    writer.apply(read_after(client, START, block_ms=None))
+    assert writer.save(store) is not None
+    replica = Replica(settings, client).start()
+    try:
+        wait_until(replica.loaded.is_set, 10, "replica did not load")
+        journal(client, 300, 100)
+        wait_until(lambda: replica.waiting, 10, "the replica did not wait")
+        assert len(replica.catalog) == 310
+        wait_until(lambda: client.exists(keys.MAIN.replicas_waiting), 5, "writer not told")
+        writer.apply(read_after(client, writer.position, count=15, block_ms=None))
+        ahead = writer.save(store)  # 5 beyond the replica: 15 of 310 moved, under a tenth
+        assert ahead is not None
+        wait_until(lambda: replica.catalog.base_position == ahead.position, 10, "no rebase")
+        assert len(replica.catalog) >= 315
+    finally:
+        replica.stop()
+
+
 def test_a_full_exact_tail_waits_no_longer_than_its_setting_then_builds_a_small_graph(
     tail_of_ten, client
 ):

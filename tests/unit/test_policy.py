@@ -52,6 +52,27 @@ def test_a_caught_up_snapshot_still_waits_for_the_size_duty():
     assert slow.due(5_000, 100_000, now=SIZE_DUTY * 4, caught_up=True)
 
 
+@pytest.mark.parametrize(
+    ("unsaved", "caught_up", "waited_for", "due"),
+    [
+        (1, True, True, True),  # the burst is over and a replica waits: at once
+        (1, False, True, False),  # still in the burst: by size, as ever
+        (1, True, False, False),  # nobody waits: by time
+        (0, True, True, False),  # nothing to save
+    ],
+)
+def test_a_writer_that_caught_up_snapshots_for_a_waiting_replica(
+    unsaved, caught_up, waited_for, due
+):
+    assert policy().due(unsaved, 100_000, 1, caught_up, waited_for) is due
+
+
+def test_a_snapshot_for_a_waiting_replica_still_waits_for_the_size_duty():
+    slow = policy(last_seconds=4.0)
+    assert not slow.due(1, 100_000, SIZE_DUTY * 4 - 1, caught_up=True, waited_for=True)
+    assert slow.due(1, 100_000, SIZE_DUTY * 4, caught_up=True, waited_for=True)
+
+
 def test_a_long_snapshot_spaces_out_the_next_one():
     slow = policy(last_seconds=30.0)
     assert not slow.due(10**6, 10**6, now=SIZE_DUTY * 30 - 1)
