@@ -40,6 +40,9 @@ FETCH_CHUNK = 1024  # vectors read from hnswlib per step when many are read
 # exact scan is both cheaper and never misses.
 BRUTE_FORCE_MAX_ITEMS = 2048
 BRUTE_FORCE_MAX_FRACTION = 0.05
+# Scores this close are equal: hnswlib's sums and exact_scores' (shared.tail) differ in the last
+# bits, so equal vectors held in different parts of a replica's index score a few 1e-8 apart.
+SCORE_TIE = 1e-6
 SCAN_CHUNK = 4096  # vectors fetched per step of an exact scan, to bound its memory
 
 Vectors = npt.NDArray[np.float32]
@@ -432,11 +435,11 @@ class VectorIndex:
         # hnswlib searches with max(ef, n), which is the ef = max(ef_search, k + excluded)
         # we want; setting ef per query instead would race between concurrent queries.
         try:
-            labels, _ = self._index.knn_query(query, k=n, num_threads=1)
+            labels, distances = self._index.knn_query(query, k=n, num_threads=1)
         except RuntimeError:
             # Fewer than n live items reachable (a graph thinned by deletions): scan exactly.
             return self._exact(query, k, [lb for lb in self._ids if lb not in skip])
-        return self._hits(query, labels[0], k, skip)
+        return self._hits(labels[0], distances[0], k, skip)
 
     def _query_allowed(self, query: Vectors, k: int, allowed: set[int]) -> Hits:
         if not allowed:
@@ -445,31 +448,24 @@ class VectorIndex:
         if len(allowed) <= limit:
             return self._exact(query, k, list(allowed))
         try:
-            labels, _ = self._index.knn_query(
+            labels, distances = self._index.knn_query(
                 query, k=min(k, len(allowed)), num_threads=1, filter=allowed.__contains__
             )
         except RuntimeError:
             return self._exact(query, k, list(allowed))
-        return self._hits(query, labels[0], k, set())
+        return self._hits(labels[0], distances[0], k, set())
 
-    def _hits(self, query: Vectors, labels: npt.NDArray[Any], k: int, skip: set[int]) -> Hits:
-        found: list[int] = []
-        for label in labels.tolist():
-            # Not in our map: a label an add that failed part-way left in the graph.
-            if label in self._ids and label not in skip:
-                found.append(label)
-                if len(found) == k:
-                    break
-        return self._scored(query, found)
-
-    def _scored(self, query: Vectors, labels: Sequence[int]) -> Hits:
-        """(id, cosine similarity) of labels, best first, scored by exact_scores."""
-        if not labels:
-            return []
-        rows = np.asarray(self._index.get_items(list(labels)), dtype=np.float32)
-        scores = exact_scores(unit(query), rows)
-        order = np.argsort(-scores, kind="stable")
-        return [(self._ids[int(labels[i])], float(scores[i])) for i in order]
+    def _hits(self, labels: npt.NDArray[Any], distances: Vectors, k: int, skip: set[int]) -> Hits:
+        hits: Hits = []
+        for label, distance in zip(labels.tolist(), distances.tolist(), strict=True):
+            id_ = self._ids.get(label)
+            # None: a label an add that failed part-way left in the graph but not in our map.
+            if id_ is None or label in skip:
+                continue
+            hits.append((id_, 1.0 - distance))
+            if len(hits) == k:
+                break
+        return hits
 
     def _exact(self, query: Vectors, k: int, labels: list[int]) -> Hits:
         """Exact top k among labels, fetched in chunks so memory stays bounded."""
@@ -485,7 +481,8 @@ class VectorIndex:
             if len(best_scores) > k:
                 top = np.argpartition(-best_scores, k - 1)[:k]
                 best_labels, best_scores = best_labels[top], best_scores[top]
-        return self._scored(query, best_labels.tolist())
+        order = np.argsort(-best_scores, kind="stable")
+        return [(self._ids[int(best_labels[i])], float(best_scores[i])) for i in order]
 
     # Persistence.
 
@@ -731,7 +728,7 @@ def _seal_file(path: Path) -> dict[str, Any]:
 
 def stored_form(data: Vectors) -> Vectors:
     """data's rows as hnswlib's cosine space stores them (unit length, the same bits), for
-    vectors kept beside a graph (shared.tail) to score exactly as the graph's own."""
+    vectors kept beside a graph (shared.tail): a query made from one is then the same query."""
     scratch = hnswlib.Index(space=SPACE, dim=data.shape[1])
     scratch.init_index(max_elements=max(1, len(data)), M=2, ef_construction=2)
     labels = np.arange(len(data), dtype=np.uint64)
@@ -746,9 +743,9 @@ def unit(vector: Vectors) -> Vectors:
 
 def exact_scores(query: Vectors, rows: Vectors) -> Vectors:
     """Cosine similarities of unit rows to a unit query, each summed on its own (numpy's pairwise
-    sum along the row), so that a row scores the same bits whatever else is scored with it and
-    whichever part of an index holds it: equal vectors tie, and then order by id (a BLAS
-    product's or hnswlib's sums depend on the kernel and differ in the last bits)."""
+    sum along the row), so that a row scores the same bits whatever else is scored with it (a
+    BLAS product's sums depend on the kernel). hnswlib sums differently: its scores and these
+    differ in the last bits (SCORE_TIE in shared.layered)."""
     return np.asarray((rows * query).sum(axis=1, dtype=np.float32), dtype=np.float32)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.index import Hits, VectorIndex
+from shared.index import SCORE_TIE, Hits, VectorIndex
 from shared.rwlock import RWLock
 from shared.settings import Settings
 from shared.tail import ExactTail
@@ -172,9 +172,24 @@ class LayeredIndex:
         # Equal scores (the same image posted twice) are ordered by id, so that which of them
         # make the k does not depend on the graph each lives in, i.e. on when the replica last
         # loaded a snapshot: before and after a rebase or a restart the answer is the same.
-        # (The tail scores as hnswlib does, so an equal vector there ties too.)
+        # (An equal vector in the tail scores a few 1e-8 from a graph's: ties are within
+        # SCORE_TIE.)
         hits.sort(key=lambda hit: (-hit[1], hit[0]))
-        return hits[:k]
+        return _ties_by_id(hits)[:k]
+
+
+def _ties_by_id(hits: Hits) -> Hits:
+    """hits (best first) with each run of scores within SCORE_TIE of the run's first ordered by
+    id: the tail and the graphs score an equal vector a few 1e-8 apart."""
+    ordered: Hits = []
+    start = 0
+    while start < len(hits):
+        end = start + 1
+        while end < len(hits) and hits[start][1] - hits[end][1] <= SCORE_TIE:
+            end += 1
+        ordered += sorted(hits[start:end], key=lambda hit: hit[0])
+        start = end
+    return ordered
 
 
 def _with_ties(
@@ -189,6 +204,6 @@ def _with_ties(
     want = k + 1
     while True:
         hits = graph.query(vector, want, exclude=exclude, allow=allow)
-        if len(hits) < want or hits[-1][1] < hits[k - 1][1] or want >= k + TIES_MAX:
+        if len(hits) < want or hits[-1][1] < hits[k - 1][1] - SCORE_TIE or want >= k + TIES_MAX:
             return hits
         want = min(2 * want, k + TIES_MAX)

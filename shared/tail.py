@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.index import (
+    SCORE_TIE,
     Hits,
     Vectors,
     checked_query,
@@ -102,7 +103,7 @@ class ExactTail:
         ties_max: int = 0,
     ) -> Hits:
         """The k best (id, cosine similarity), best first, and up to ties_max more that score
-        the same as the k-th."""
+        the same as the k-th (within SCORE_TIE)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         query = checked_query(vector, self.dim)
@@ -130,5 +131,7 @@ class ExactTail:
         scores = exact_scores(query, self._vectors[rows])
         order = np.argsort(-scores, kind="stable")
         if len(order) > k:  # the k, and those that score the same as the k-th
-            order = order[: k + ties_max][scores[order[: k + ties_max]] >= scores[order[k - 1]]]
-        return [(self._ids[int(rows[i])], float(scores[i])) for i in order]
+            tied = scores[order[: k + ties_max]] >= scores[order[k - 1]] - SCORE_TIE
+            order = order[: k + ties_max][tied]
+        # As hnswlib makes a score (1 - its float32 distance), to be as close to its as can be.
+        return [(self._ids[int(rows[i])], 1.0 - float(np.float32(1) - scores[i])) for i in order]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shared.errors import DimensionMismatch, InvalidVector
-from shared.index import VectorIndex, exact_scores, stored_form, unit
+from shared.index import SCORE_TIE, VectorIndex, exact_scores, stored_form, unit
 from shared.tail import ExactTail
 
 DIM = 32
@@ -35,7 +35,7 @@ def test_rows_are_stored_with_the_bits_a_graph_stores():
     assert np.array_equal(stored_form(data), graph.get_vectors([str(i) for i in range(50)]))
 
 
-def test_an_equal_vector_scores_the_same_in_the_tail_and_in_a_graph():
+def test_an_equal_vector_scores_within_a_tie_in_the_tail_and_in_a_graph():
     data = rows(40, seed=2)
     graph, tail = VectorIndex(DIM, "m", capacity=64), ExactTail(DIM, 64)
     graph.upsert([f"g{i}" for i in range(40)], data)
@@ -44,7 +44,7 @@ def test_an_equal_vector_scores_the_same_in_the_tail_and_in_a_graph():
         query = graph.get_vector(f"g{i}")
         by_graph = dict(graph.query(query, 40))
         by_tail = dict(tail.query(query, 40))
-        assert all(by_graph[f"g{j}"] == by_tail[f"t{j}"] for j in range(40))
+        assert all(abs(by_graph[f"g{j}"] - by_tail[f"t{j}"]) <= SCORE_TIE for j in range(40))
 
 
 def test_changes_in_any_order_keep_the_tail_equal_to_a_plain_dict():
