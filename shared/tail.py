@@ -94,6 +94,22 @@ class ExactTail:
         """The stored (unit) vector of id_ (KeyError when absent)."""
         return self._vectors[self._rows[id_]].copy()
 
+    def _eligible(self, n: int, exclude: set[str] | None, allow: set[str] | None) -> np.ndarray:
+        """The rows a query may return: allowed, not excluded (a query for a product's
+        neighbours excludes the product, so this must not cost a pass over every id)."""
+        eligible = np.ones(n, dtype=bool)
+        if allow is not None:
+            eligible[:] = False
+            if len(allow) < n:
+                held = [self._rows[id_] for id_ in allow if id_ in self._rows]
+            else:
+                held = [row for row, id_ in enumerate(self._ids) if id_ in allow]
+            eligible[np.asarray(held, dtype=np.intp)] = True
+        if exclude:
+            held = [self._rows[id_] for id_ in exclude if id_ in self._rows]
+            eligible[np.asarray(held, dtype=np.intp)] = False
+        return np.flatnonzero(eligible)
+
     def query(
         self,
         vector: npt.ArrayLike,
@@ -111,23 +127,16 @@ class ExactTail:
         if n == 0:
             return []
         query = unit(query)
-        rows = np.arange(n)
-        if exclude or allow is not None:
-            rows = np.asarray(
-                [
-                    row
-                    for row, id_ in enumerate(self._ids)
-                    if (allow is None or id_ in allow) and not (exclude and id_ in exclude)
-                ],
-                dtype=np.intp,
-            )
+        rough = self._vectors[:n] @ query  # the candidates by a fast product (no copy)
+        rows = self._eligible(n, exclude, allow)
         if len(rows) == 0:
             return []
-        # The candidates by a fast product, then scored exactly (exact_scores), as the graphs'.
-        rough = self._vectors[rows] @ query if len(rows) < n else self._vectors[:n] @ query
+        if len(rows) < n:
+            rough = rough[rows]
         if len(rows) > k:
             kth = np.partition(rough, len(rough) - k)[len(rough) - k]
             rows = rows[rough >= kth - NEAR]
+        # Then scored exactly (exact_scores): the same bits whatever rows are scored with it.
         scores = exact_scores(query, self._vectors[rows])
         order = np.argsort(-scores, kind="stable")
         if len(order) > k:  # the k, and those that score the same as the k-th

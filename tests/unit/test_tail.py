@@ -88,6 +88,10 @@ def test_a_query_keeps_the_k_th_s_ties_and_honours_exclude_and_allow():
     assert tail.query(query, 10, allow={"x1", "d2"})[0][0] == "d2"
     assert "d0" not in {h[0] for h in tail.query(query, 10, exclude={"d0"})}
     assert tail.query(query, 3, allow=set()) == []
+    many = {f"other{i}" for i in range(50)} | {"x2", "d3"}  # more ids than the tail holds
+    assert {h[0] for h in tail.query(query, 5, allow=many)} == {"x2", "d3"}
+    assert tail.query(query, 8, exclude={"unknown", "x1"}, allow=many)[0][0] == "d3"
+    assert len(tail.query(query, 8, exclude={"unknown"})) == 8
 
 
 @pytest.mark.parametrize(
