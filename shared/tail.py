@@ -5,8 +5,8 @@ replica following a bulk import holds what they lack here and builds no graph of
 (shared.layered, api/replica.py). A query scans every row, so the tail is kept small
 (LOOKALIKE_REPLICA_EXACT_ITEMS, 1,024): 8 KiB a row at 2048-d, 8 MiB in all (a scan of 1,024
 rows took 0.37 ms, of 2,048 0.68 ms, with one BLAS thread, in an ad-hoc probe).
-Rows are stored and scored as the graphs' are (shared.index.stored_form, exact_scores), so a
-vector scores the same bits whichever part holds it.
+Rows are stored with hnswlib's own bits (shared.index.stored_form), so a query made from one is
+the graph's query, but summed as numpy does: an equal vector scores within SCORE_TIE of a graph's.
 """
 
 from __future__ import annotations

@@ -148,7 +148,10 @@ class IndexWriter:
                 caught_up = len(entries) < JOURNAL_READ
                 ready = self._commit is None and catalog.index is not None
                 if ready and policy.due(
-                    unsaved, len(catalog), caught_up=caught_up, waited_for=self._waited_for()
+                    unsaved,
+                    len(catalog),
+                    caught_up=caught_up,
+                    waited_for=caught_up and self._waited_for(),
                 ):
                     self.snapshot(catalog)
                     unsaved = 0
@@ -159,7 +162,8 @@ class IndexWriter:
             self.wait_committed()
 
     def _waited_for(self) -> bool:
-        """Whether an API replica waits for the next snapshot (api/replica.py)."""
+        """Whether an API replica waits for the next snapshot (api/replica.py); asked only once
+        the writer has caught up, the one time it matters."""
         return bool(self.client.exists(self.gen.replicas_waiting))
 
     def _report(self, catalog: Catalog) -> None:
