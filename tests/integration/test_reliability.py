@@ -163,7 +163,11 @@ def test_restart_of_the_stack_returns_the_same_neighbours(stack, api):
     after = {pid: similar(url, pid, k=5).json()["results"] for pid in before}
     for pid, hits in before.items():
         assert [h["product_id"] for h in after[pid]] == [h["product_id"] for h in hits]
-        assert [h["score"] for h in after[pid]] == pytest.approx([h["score"] for h in hits])
+        # Before the restart new items score from the replica's exact tail, after it from the
+        # snapshot's graph: the two sum differently, within SCORE_TIE and the 6 decimals shown.
+        assert [h["score"] for h in after[pid]] == pytest.approx(
+            [h["score"] for h in hits], abs=2e-6
+        )
 
 
 def test_an_idle_writer_trims_the_journal_to_one_entry(stack, api):
