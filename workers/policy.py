@@ -16,6 +16,12 @@ TIME_DUTY = 10
 # snapshot is due by size at this share of the usual threshold, so that the end of a bulk import
 # is saved (and the journal behind it trimmed) without waiting out the time rule.
 CAUGHT_UP_SHARE = 1 / SIZE_DUTY
+# A replica that waits for a snapshot (api/replica.py) serves the newest items only once it has
+# loaded one: when the writer has caught up and a replica waits, the pause before the next
+# snapshot is as long as the last one took (at most half the writer's time, when it has nothing
+# else to do), not SIZE_DUTY times it (unpinned, the import's last items reached the replicas
+# 21-23 s after the writer had them).
+WAITED_DUTY = 1
 
 
 @dataclass
@@ -40,13 +46,12 @@ class SnapshotPolicy:
         waited_for: bool = False,
     ) -> bool:
         """waited_for: an API replica waits for the next snapshot (its exact tail full during a
-        bulk import); once the burst is over it is due as if by size."""
+        bulk import); once the burst is over it is due after a shorter pause (WAITED_DUTY)."""
         elapsed = (time.monotonic() if now is None else now) - self.last_at
         share = self.settings.snapshot_fraction * (CAUGHT_UP_SHARE if caught_up else 1.0)
-        by_size = unsaved >= max(self.settings.snapshot_every, share * items)
-        by_size |= caught_up and waited_for and unsaved > 0
-        if by_size:
-            return elapsed >= SIZE_DUTY * self.last_seconds
+        waited = caught_up and waited_for and unsaved > 0
+        if waited or unsaved >= max(self.settings.snapshot_every, share * items):
+            return elapsed >= (WAITED_DUTY if waited else SIZE_DUTY) * self.last_seconds
         gap = max(self.settings.snapshot_interval, TIME_DUTY * self.last_seconds)
         return (unsaved > 0 or self.trim_pending) and elapsed >= gap
 

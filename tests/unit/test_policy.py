@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.settings import Settings
-from workers.policy import CAUGHT_UP_SHARE, SIZE_DUTY, TIME_DUTY, SnapshotPolicy
+from workers.policy import CAUGHT_UP_SHARE, SIZE_DUTY, TIME_DUTY, WAITED_DUTY, SnapshotPolicy
 
 SETTINGS = Settings(snapshot_every=100, snapshot_fraction=0.1, snapshot_interval=60)
 
@@ -67,10 +67,18 @@ def test_a_writer_that_caught_up_snapshots_for_a_waiting_replica(
     assert policy().due(unsaved, 100_000, 1, caught_up, waited_for) is due
 
 
-def test_a_snapshot_for_a_waiting_replica_still_waits_for_the_size_duty():
+@pytest.mark.parametrize("unsaved", [1, 5_000, 100_000])
+def test_a_snapshot_for_a_waiting_replica_waits_only_as_long_as_the_last_took(unsaved):
     slow = policy(last_seconds=4.0)
-    assert not slow.due(1, 100_000, SIZE_DUTY * 4 - 1, caught_up=True, waited_for=True)
-    assert slow.due(1, 100_000, SIZE_DUTY * 4, caught_up=True, waited_for=True)
+    assert WAITED_DUTY < SIZE_DUTY
+    assert not slow.due(unsaved, 100_000, WAITED_DUTY * 4 - 0.1, caught_up=True, waited_for=True)
+    assert slow.due(unsaved, 100_000, WAITED_DUTY * 4, caught_up=True, waited_for=True)
+
+
+def test_a_waiting_replica_does_not_shorten_the_pause_during_a_burst():
+    slow = policy(last_seconds=4.0)
+    assert not slow.due(100_000, 100_000, SIZE_DUTY * 4 - 1, caught_up=False, waited_for=True)
+    assert slow.due(100_000, 100_000, SIZE_DUTY * 4, caught_up=False, waited_for=True)
 
 
 def test_a_long_snapshot_spaces_out_the_next_one():
