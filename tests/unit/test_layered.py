@@ -241,12 +241,17 @@ def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_grap
 
 
 @pytest.fixture
-def tail_of_ten(client, redis_server, tmp_path, monkeypatch) -> Iterator[Replica]:
+def tail_of_ten(client, redis_server, tmp_path, monkeypatch, request) -> Iterator[Replica]:
     """A replica with room for 10 exact items, holding 5 (in its tail), looking for snapshots
-    and checking its wait often."""
+    and checking its wait often; it waits for a snapshot request.param seconds (default 30)."""
     monkeypatch.setattr("api.replica.REBASE", 0.0)
     monkeypatch.setattr("api.replica.WAIT_POLL", 0.05)
-    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url, replica_exact_items=10)
+    settings = Settings(
+        data_dir=tmp_path,
+        redis_url=redis_server.url,
+        replica_exact_items=10,
+        replica_snapshot_wait=getattr(request, "param", 30.0),
+    )
     replica = Replica(settings, client).start()
     journal(client, 0, 5)
     wait_until(lambda: len(replica.catalog) == 5, 10, "replica did not follow")
@@ -306,11 +311,12 @@ def test_a_waiting_replica_tells_the_writer_and_loads_any_snapshot_ahead_of_it(
         replica.stop()
 
 
+@pytest.mark.parametrize("tail_of_ten", [0.3], indirect=True)
 def test_a_full_exact_tail_waits_no_longer_than_its_setting_then_builds_a_small_graph(
     tail_of_ten, client
 ):
     replica = tail_of_ten
-    replica.settings = replica.settings.model_copy(update={"replica_snapshot_wait": 0.3})
+    assert replica.settings.replica_snapshot_wait == 0.3
     journal(client, 5, 100)  # no snapshot ever comes
     wait_until(lambda: len(replica.catalog) == 105, 10, "the replica waited on")
     assert small_graph(replica) == 95 and replica.catalog.overlay_items == 105
