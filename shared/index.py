@@ -40,7 +40,7 @@ FETCH_CHUNK = 1024  # vectors read from hnswlib per step when many are read
 # exact scan is both cheaper and never misses.
 BRUTE_FORCE_MAX_ITEMS = 2048
 BRUTE_FORCE_MAX_FRACTION = 0.05
-# Scores this close are equal: hnswlib's sums and exact_scores' (shared.tail) differ in the last
+# Scores this close are equal: hnswlib's sums and exact_scores' (shared.cosine) differ in the last
 # bits, so equal vectors held in different parts of a replica's index score a few 1e-8 apart.
 SCORE_TIE = 1e-6
 SCAN_CHUNK = 4096  # vectors fetched per step of an exact scan, to bound its memory
@@ -724,29 +724,6 @@ def _seal_file(path: Path) -> dict[str, Any]:
         digest = hashlib.file_digest(file, "sha256").hexdigest()
         size = os.fstat(file.fileno()).st_size
     return {"index_file": path.name, "index_bytes": size, "index_sha256": digest}
-
-
-def stored_form(data: Vectors) -> Vectors:
-    """data's rows as hnswlib's cosine space stores them (unit length, the same bits), for
-    vectors kept beside a graph (shared.tail): a query made from one is then the same query."""
-    scratch = hnswlib.Index(space=SPACE, dim=data.shape[1])
-    scratch.init_index(max_elements=max(1, len(data)), M=2, ef_construction=2)
-    labels = np.arange(len(data), dtype=np.uint64)
-    scratch.add_items(data, labels, num_threads=1)
-    return np.asarray(scratch.get_items(labels), dtype=np.float32).reshape(data.shape)
-
-
-def unit(vector: Vectors) -> Vectors:
-    """vector at unit length (a query, before exact_scores)."""
-    return vector / np.float32(np.linalg.norm(vector))
-
-
-def exact_scores(query: Vectors, rows: Vectors) -> Vectors:
-    """Cosine similarities of unit rows to a unit query, each summed on its own (numpy's pairwise
-    sum along the row), so that a row scores the same bits whatever else is scored with it (a
-    BLAS product's sums depend on the kernel). hnswlib sums differently: its scores and these
-    differ in the last bits (SCORE_TIE in shared.layered)."""
-    return np.asarray((rows * query).sum(axis=1, dtype=np.float32), dtype=np.float32)
 
 
 def checked_vectors(ids: list[str], vectors: npt.ArrayLike, dim: int) -> Vectors:

@@ -5,7 +5,7 @@ replica following a bulk import holds what they lack here and builds no graph of
 (shared.layered, api/replica.py). A query scans every row, so the tail is kept small
 (LOOKALIKE_REPLICA_EXACT_ITEMS, 1,024): 8 KiB a row at 2048-d, 8 MiB in all (a scan of 1,024
 rows took 0.37 ms, of 2,048 0.68 ms, with one BLAS thread, in an ad-hoc probe).
-Rows are stored with hnswlib's own bits (shared.index.stored_form), so a query made from one is
+Rows are stored with hnswlib's own bits (shared.cosine.stored_form), so a query made from one is
 the graph's query, but summed as numpy does: an equal vector scores within SCORE_TIE of a graph's.
 """
 
@@ -16,16 +16,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from shared.index import (
-    SCORE_TIE,
-    Hits,
-    Vectors,
-    checked_query,
-    checked_vectors,
-    exact_scores,
-    stored_form,
-    unit,
-)
+from shared.cosine import exact_scores, stored_form, unit
+from shared.index import SCORE_TIE, Hits, Vectors, checked_query, checked_vectors
 
 # A BLAS product's score may differ from exact_scores in the last bits: rows within this of
 # the k-th are scored exactly before the k are chosen.

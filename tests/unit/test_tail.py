@@ -7,8 +7,9 @@ import re
 import numpy as np
 import pytest
 
+from shared.cosine import exact_scores, stored_form, unit
 from shared.errors import DimensionMismatch, InvalidVector
-from shared.index import SCORE_TIE, VectorIndex, exact_scores, stored_form, unit
+from shared.index import SCORE_TIE, VectorIndex
 from shared.tail import ExactTail
 
 DIM = 32
@@ -16,23 +17,6 @@ DIM = 32
 
 def rows(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
-
-
-@pytest.mark.parametrize(("n", "dim"), [(1, 8), (7, 2048), (64, 2048), (1000, 100), (5, 3)])
-def test_a_rows_exact_score_does_not_depend_on_the_rows_beside_it(n, dim):
-    data = np.random.default_rng(n).normal(size=(n, dim)).astype(np.float32)
-    query = unit(data[0])
-    together = exact_scores(query, data)
-    for i in range(n):
-        assert together[i] == exact_scores(query, data[i : i + 1])[0]
-        assert together[i] == exact_scores(query, data[[i, (i + 1) % n, i]])[0]
-
-
-def test_rows_are_stored_with_the_bits_a_graph_stores():
-    data = rows(50, seed=1) * np.float32(3.7)
-    graph = VectorIndex(DIM, "m", capacity=64)
-    graph.upsert([str(i) for i in range(50)], data)
-    assert np.array_equal(stored_form(data), graph.get_vectors([str(i) for i in range(50)]))
 
 
 def test_an_equal_vector_scores_within_a_tie_in_the_tail_and_in_a_graph():
