@@ -16,10 +16,13 @@ import threading
 import time
 from pathlib import Path
 
+# The project first; bench/ (put first by Python, as the script's directory) last, for its
+# sibling modules: they must not shadow an installed or standard module of the same name.
+sys.path.pop(0)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))
 
-from scale import Data
+from stack import Data
 
 from shared.index import VectorIndex
 
