@@ -22,8 +22,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or get_settings()
     # Requests are this process's parallelism: a BLAS call (the replica's exact tail, a filtered
-    # search) on every core only contends with them and with a writer on the same host (a scan
-    # of 1,024 rows took 5 ms instead of 0.3 with the other core busy).
+    # search) on every core only contends with them and with a writer on the same host (a scan of
+    # 1,024 rows, p99: 8.0 ms on two threads with the other core busy, 0.5 on one; p50 0.24 vs
+    # 0.37 ms: bench/tail_scan.py, docs/benchmarks.md).
     threadpool_limits(1, user_api="blas")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = Flask(__name__)

@@ -3,8 +3,8 @@
 Adding a vector costs a copy, not a graph insert: while the writer's snapshots keep coming, a
 replica following a bulk import holds what they lack here and builds no graph of its own
 (shared.layered, api/replica.py). A query scans every row, so the tail is kept small
-(LOOKALIKE_REPLICA_EXACT_ITEMS, 1,024): 8 KiB a row at 2048-d, 8 MiB in all (a scan of 1,024
-rows took 0.37 ms, of 2,048 0.68 ms, with one BLAS thread, in an ad-hoc probe).
+(LOOKALIKE_REPLICA_EXACT_ITEMS, 1,024): 8 KiB a row at 2048-d, 8 MiB in all (a query over 1,024
+rows takes 0.4 ms p50, over 4,096 1.3 ms, on one BLAS thread: bench/tail_scan.py).
 Rows are stored with hnswlib's own bits (shared.cosine.stored_form), so a query made from one is
 the graph's query, but summed as numpy does: an equal vector scores within SCORE_TIE of a graph's.
 """
