@@ -31,12 +31,9 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
-import signal
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -53,10 +50,12 @@ from stack import (
     Sampler,
     Stack,
     api_items,
+    common_arguments,
     mib,
     pin,
     ratio,
     rss_kib,
+    run_each,
     secs,
     wait_for,
 )
@@ -186,7 +185,9 @@ class FollowRun(Stack):
             self.query_client.join(10)
         super().close()
 
-    def follow(self, replicas: int) -> FollowResult:
+    def measure(self, variant: int) -> FollowResult:
+        """The run with variant API replicas."""
+        replicas = variant
         args = self.args
         out = FollowResult(replicas, args.seed_items, args.items)
         self.start_stack()
@@ -448,40 +449,19 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed-items", type=int, default=2000, help="items there before")
     parser.add_argument("--idle", type=float, default=20.0, help="idle windows, seconds")
-    parser.add_argument("--data", choices=["lowrank", "decay"], default="lowrank")
-    parser.add_argument("--interval", type=float, default=5.0, help="LOOKALIKE_SNAPSHOT_INTERVAL")
     parser.add_argument("--pin", action="store_true", help="the writer's and the replicas' CPUs")
     parser.add_argument(
         "--stamps", type=Path, default=None,
         help="write each /similar's start and seconds, and API 1's rebases, here (JSON, "
         "monotonic seconds; the last replica count's run)",
     )  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=3600.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dir", type=Path, default=None, help="where the data goes")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument(
-        "--report", type=Path, nargs="+", default=None, help="print --json files' report"
-    )
+    common_arguments(parser, timeout=3600.0)
     args = parser.parse_args()
     args.dims, args.fit_items, args.max_backlog = 0, 20_000, 0  # what Stack reads: full 2048-d
     if args.report is not None:
         print(follow_report([r for path in args.report for r in load_follow(path)], args))
         return
-    # A plain kill stops the stack too (SIGINT is ignored where the shell started us in the
-    # background).
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    follows = []
-    for replicas in args.replicas:
-        base = Path(tempfile.mkdtemp(prefix=f"lookalike-follow-{replicas}-", dir=args.dir))
-        follower = FollowRun(args, 0, base)
-        try:
-            follows.append(follower.follow(replicas))
-        finally:
-            follower.close()
-            shutil.rmtree(base, ignore_errors=True)
-        if args.json:
-            args.json.write_text(json.dumps([asdict(r) for r in follows], indent=1))
+    follows = run_each(lambda _, base: FollowRun(args, 0, base), args.replicas, args, "follow")
     print(follow_report(follows, args))
 
 

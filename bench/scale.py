@@ -39,12 +39,9 @@ import argparse
 import json
 import os
 import re
-import shutil
-import signal
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -63,10 +60,12 @@ from stack import (
     Stack,
     api_items,
     available_bytes,
+    common_arguments,
     mib,
     perturbed,
     ratio,
     rss_kib,
+    run_each,
     secs,
     wait_for,
 )
@@ -175,7 +174,8 @@ class Run(Stack):
     """The import of --items through the writer and an API following it (or none:
     --api-after), then an API started late from the snapshot, queried and scored."""
 
-    def execute(self) -> Result:
+    def measure(self, variant: int) -> Result:
+        """The import and the late API's answers (variant: the dims this Run was made for)."""
         args = self.args
         out = Result(self.dims, args.items)
         self.start_stack()
@@ -487,8 +487,6 @@ def main() -> None:
         "--dims", type=int, nargs="+", default=[0], help="LOOKALIKE_INDEX_DIMS runs"
     )
     parser.add_argument("--fit-items", type=int, default=20_000, help="LOOKALIKE_INDEX_FIT_ITEMS")
-    parser.add_argument("--data", choices=["lowrank", "decay"], default="lowrank")
-    parser.add_argument("--interval", type=float, default=5.0, help="LOOKALIKE_SNAPSHOT_INTERVAL")
     parser.add_argument("--queries", type=int, default=200, help="recall and near-dup queries")
     parser.add_argument("--requests", type=int, default=400, help="timed /similar requests")
     parser.add_argument("--dup-noise", type=float, default=0.25, help="near-dup noise / std")
@@ -502,13 +500,7 @@ def main() -> None:
         help=f"pace the import (0: none; default: none, {API_AFTER_BACKLOG} with --api-after)",
     )  # fmt: skip
     parser.add_argument("--every", type=float, default=10.0, help="timeline step, seconds")
-    parser.add_argument("--timeout", type=float, default=7200.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dir", type=Path, default=None, help="where the data goes")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument(
-        "--report", type=Path, nargs="+", default=None, help="print --json files' report"
-    )
+    common_arguments(parser, timeout=7200.0)
     args = parser.parse_args()
     if args.max_backlog is None:
         # Unpaced, a million entries would wait in Redis (about 10 KiB each) beside the writer.
@@ -516,20 +508,7 @@ def main() -> None:
     if args.report is not None:
         print(report([r for path in args.report for r in load_results(path)], args))
         return
-    # A plain kill stops the stack too (SIGINT is ignored where the shell started us in the
-    # background).
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    results = []
-    for dims in args.dims:
-        base = Path(tempfile.mkdtemp(prefix=f"lookalike-scale-{dims}-", dir=args.dir))
-        run = Run(args, dims, base)
-        try:
-            results.append(run.execute())
-        finally:
-            run.close()
-            shutil.rmtree(base, ignore_errors=True)
-        if args.json:
-            args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    results = run_each(lambda dims, base: Run(args, dims, base), args.dims, args, "scale")
     print(report(results, args))
 
 

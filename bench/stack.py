@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -396,6 +400,49 @@ class Stack:
             child.stop()
         with contextlib.suppress(Exception):
             self.redis.stop()
+
+    def measured(self, variant: int) -> Any:
+        """measure(variant), the stack stopped after it whatever happens."""
+        try:
+            return self.measure(variant)
+        finally:
+            self.close()
+
+    def measure(self, variant: int) -> Any:
+        raise NotImplementedError
+
+
+def common_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
+    """The options of every stack bench."""
+    parser.add_argument("--data", choices=["lowrank", "decay"], default="lowrank")
+    parser.add_argument("--interval", type=float, default=5.0, help="LOOKALIKE_SNAPSHOT_INTERVAL")
+    parser.add_argument("--timeout", type=float, default=timeout)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dir", type=Path, default=None, help="where the data goes")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--report", type=Path, nargs="+", default=None, help="print --json files' report"
+    )
+
+
+def run_each(
+    make: Callable[[int, Path], Stack], variants: list[int], args: argparse.Namespace, name: str
+) -> list[Any]:
+    """make(variant, folder).measured(variant) for each variant, each in a temporary folder of
+    its own (removed after); the results so far written to --json after each."""
+    # A plain kill stops the stack too (SIGINT is ignored where the shell started us in the
+    # background).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    results = []
+    for variant in variants:
+        base = Path(tempfile.mkdtemp(prefix=f"lookalike-{name}-{variant}-", dir=args.dir))
+        try:
+            results.append(make(variant, base).measured(variant))
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        if args.json:
+            args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    return results
 
 
 # Report cells.
