@@ -9,7 +9,7 @@ p50/p99/max in the three windows (and, during the import, apart for the requests
 one of API 1's rebases), when each replica serves all, its rebases and reloads (its log), and that
 nothing is lost (every replica holds every item, and a sample of them, the last ones included, is
 served). --pin puts the writer, Redis and the import on CPU 0 and the replicas and the client on
-CPU 1, as if the writer had a host of its own.
+CPU 1, as if the writer had a host of its own (--redis-with-replicas: Redis on CPU 1 instead).
 
 Until 2026-11-29 this was `bench/scale.py --follow-items N` (--follow-seed, --follow-idle).
 """
@@ -193,8 +193,9 @@ class FollowRun(Stack):
         self.start_stack()
         self.apis = [self.start_api(f"api{i + 1}") for i in range(replicas)]
         writer_cpus, self.replica_cpus = ({0}, {1}) if args.pin else (None, None)
-        for pid in (os.getpid(), self.writer.pid, self.redis.pid or 0):
+        for pid in (os.getpid(), self.writer.pid):
             pin(pid, writer_cpus)
+        pin(self.redis.pid or 0, self.replica_cpus if args.redis_with_replicas else writer_cpus)
         for api, _ in self.apis:
             pin(api.pid, self.replica_cpus)
             pin(api.worker_pid() or api.pid, self.replica_cpus)
@@ -413,7 +414,11 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
         f"on API 1 in a loop; idle windows {args.idle:g} s; values per API are API 1 / "
         "API 2"
         + (
-            "; pinned: writer, Redis and the import on CPU 0, the APIs and client on CPU 1"
+            (
+                "; pinned: writer and the import on CPU 0, the APIs, client and Redis on CPU 1"
+                if args.redis_with_replicas
+                else "; pinned: writer, Redis and the import on CPU 0, the APIs and client on CPU 1"
+            )
             if args.pin
             else ""
         ),
@@ -450,6 +455,11 @@ def main() -> None:
     parser.add_argument("--seed-items", type=int, default=2000, help="items there before")
     parser.add_argument("--idle", type=float, default=20.0, help="idle windows, seconds")
     parser.add_argument("--pin", action="store_true", help="the writer's and the replicas' CPUs")
+    parser.add_argument(
+        "--redis-with-replicas",
+        action="store_true",
+        help="with --pin: Redis on the replicas' CPU, not the writer's (every /similar reads it)",
+    )
     parser.add_argument(
         "--stamps", type=Path, default=None,
         help="write each /similar's start and seconds, and API 1's rebases, here (JSON, "
