@@ -60,5 +60,5 @@ def exact_scores(query: Vectors, rows: Vectors) -> Vectors:
     """Cosine similarities of unit rows to a unit query, each summed on its own (numpy's pairwise
     sum along the row), so that a row scores the same bits whatever else is scored with it (a
     BLAS product's sums depend on the kernel). hnswlib sums differently: its scores and these
-    differ in the last bits (SCORE_TIE in shared.layered)."""
+    differ in the last bits (SCORE_TIE in shared.index)."""
     return np.asarray((rows * query).sum(axis=1, dtype=np.float32), dtype=np.float32)
