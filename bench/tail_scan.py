@@ -25,10 +25,10 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.cosine import normalised_by_hnswlib, stored_form
+from shared.layered import TAIL_CHUNK as CHUNK
 from shared.tail import ExactTail
 
 DIM = 2048
-CHUNK = 128  # rows an upsert, as shared.layered.TAIL_CHUNK
 
 
 @contextmanager
