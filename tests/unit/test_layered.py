@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import redis
 
-from api.replica import Replica
+from api.replica import JOURNAL_READ, WAIT_BACKLOG, Replica
 from shared import keys
 from shared.catalog import Catalog
 from shared.errors import DimensionMismatch, InvalidVector
-from shared.follower import catch_up_unbroken, read_after, trim_before
+from shared.follower import catch_up, catch_up_unbroken, read_after, trim_before
 from shared.index import INDEX_FILE, Projection, VectorIndex
 from shared.journal import START, JournalEntry, append, delete_entry, upsert_entry
 from shared.layered import (
@@ -331,6 +331,73 @@ def test_a_trickle_past_a_full_exact_tail_goes_into_the_small_graph_at_once(tail
         journal(client, n, 1)
         wait_until(lambda n=n: len(replica.catalog) == n + 1, 1.0, "the item waited")
     assert small_graph(replica) == 3 and not replica.waiting
+
+
+@pytest.mark.parametrize("read", [1, 4, 64, 1000])
+def test_a_burst_past_the_exact_tail_waits_however_few_entries_a_read_takes(
+    tail_of_ten, client, monkeypatch, read
+):
+    """A read may end before the tail's room does, or just past it: the burst beyond is counted
+    in the journal, not in the read."""
+    monkeypatch.setattr("api.replica.JOURNAL_READ", read)
+    replica = tail_of_ten
+    journal(client, 5, 100)
+    wait_until(lambda: replica.waiting, 10, "the replica did not wait")
+    assert len(replica.catalog) == 10 and small_graph(replica) == 0
+
+
+@pytest.mark.parametrize("read", [1, 4, 1000])
+def test_a_trickle_past_the_exact_tail_goes_into_the_small_graph_whatever_a_read_takes(
+    tail_of_ten, client, monkeypatch, read
+):
+    monkeypatch.setattr("api.replica.JOURNAL_READ", read)
+    replica = tail_of_ten
+    journal(client, 5, 5 + WAIT_BACKLOG - 1)  # the tail's room, then one short of a burst
+    wait_until(lambda: len(replica.catalog) == 10 + WAIT_BACKLOG - 1, 10, "the items waited")
+    assert small_graph(replica) == WAIT_BACKLOG - 1 and not replica.waiting
+
+
+class RecordingRedis(redis.Redis):
+    """A real client that also records how many entries each XREAD asks for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_counts: list[int | None] = []
+
+    def xread(self, streams: Any, count: Any = None, block: Any = None, **more: Any) -> Any:
+        self.read_counts.append(count)
+        return super().xread(streams, count=count, block=block, **more)
+
+
+def test_a_replica_reads_the_journal_a_few_entries_at_a_time_wherever_it_reads(
+    client, redis_server, tmp_path, monkeypatch
+):
+    """Following, and catching a rebase's snapshot up: a read's reply is parsed holding the GIL,
+    and every query of the process waits for it."""
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    recording = RecordingRedis.from_url(redis_server.url)
+    settings = quick_settings(tmp_path).model_copy(
+        update={"redis_url": redis_server.url, "replica_exact_items": 4096}
+    )
+    replica = Replica(settings, recording).start()
+    try:
+        journal(client, 0, 1600)
+        writer = Catalog(settings)
+        catch_up(client, writer)
+        wait_until(lambda: len(replica.catalog) == 1600, 10, "the replica did not follow")
+        journal(client, 1600, 400)
+        wait_until(lambda: len(replica.catalog) == 2000, 10, "the replica did not follow")
+        follow_reads = len(recording.read_counts)
+        snapshot = writer.save(SnapshotStore(tmp_path / "index"))  # 400 behind what it serves
+        assert snapshot is not None
+        wait_until(lambda: replica.catalog.base_position == snapshot.position, 10, "no rebase")
+        assert len(replica.catalog) == 2000 and replica.catalog.overlay_items == 400
+        caught_up = len(recording.read_counts) - follow_reads
+        assert caught_up >= 400 // JOURNAL_READ  # the catch-up read by read, too
+        assert max(count or 0 for count in recording.read_counts) == JOURNAL_READ
+        assert None not in recording.read_counts
+    finally:
+        replica.stop()
 
 
 @pytest.mark.parametrize("share", [0.25, 1.0])
