@@ -6,7 +6,9 @@ process of its own) queries /similar on API 1 in a loop, --idle seconds idle, th
 --items more at full speed, and idle again after. Reports each API's and the writer's CPU-seconds
 (utime + stime of /proc/<pid>/stat, gunicorn's master and worker) over the import, /similar
 p50/p99/max in the three windows (and, during the import, apart for the requests that overlapped
-one of API 1's rebases), when each replica serves all, its rebases and reloads (its log), and that
+one of API 1's rebases, and of the others those while API 1 followed nothing, waiting for the
+writer's snapshot with its exact tail full: what the writer's work beside it costs the queries by
+itself, see also bench/interference.py), when each replica serves all, its rebases and reloads (its log), and that
 nothing is lost (every replica holds every item, and a sample of them, the last ones included, is
 served). --pin puts the writer, Redis and the import on CPU 0 and the replicas and the client on
 CPU 1, as if the writer had a host of its own (--redis-with-replicas: Redis on CPU 1 instead).
@@ -71,14 +73,38 @@ STAMPED_REBASE_LINE = re.compile(
 )
 
 
-def rebase_spans(text: str, wall_minus_monotonic: float) -> list[tuple[float, float]]:
+# ... and when its exact tail filled during the import: it then follows nothing until its next
+# rebase (api/replica.py, Replica._fitting).
+STAMPED_WAIT_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*replica: exact tail full at ", re.MULTILINE
+)
+Spans = list[tuple[float, float]]
+
+
+def rebase_spans(text: str, wall_minus_monotonic: float) -> Spans:
     """(monotonic start, end) of each rebase a replica's log tells of (its load and catch-up)."""
     spans = []
     for stamp, seconds in STAMPED_REBASE_LINE.findall(text):
-        ended = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        end = ended - wall_minus_monotonic
+        end = logged_at(stamp) - wall_minus_monotonic
         spans.append((end - float(seconds), end))
     return spans
+
+
+def wait_spans(text: str, wall_minus_monotonic: float, rebases: Spans) -> Spans:
+    """(monotonic start, end) of each time the replica waited for a snapshot, following nothing:
+    from its tail filling until the rebase that ended the wait began."""
+    spans = []
+    for stamp in STAMPED_WAIT_LINE.findall(text):
+        start = logged_at(stamp) - wall_minus_monotonic
+        ends = [began for began, _ in rebases if began >= start]
+        if ends:
+            spans.append((start, min(ends)))
+    return spans
+
+
+def logged_at(stamp: str) -> float:
+    """The wall-clock time of a logging time stamp (api/app.py's format)."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def query_loop(url: str, ids: list[str], stop: Any, results: Any) -> None:
@@ -165,17 +191,22 @@ class FollowResult:
     # the GIL), and the others
     rebasing: Latency = field(default_factory=Latency)
     between: Latency = field(default_factory=Latency)
+    # ... of the others, those while API 1 waited for a snapshot and followed nothing: what the
+    # writer's work (and Redis) alone costs API 1's queries, the floor for any way of following
+    waiting: Latency = field(default_factory=Latency)
     after: Latency = field(default_factory=Latency)
     items_final: list[int] = field(default_factory=list)
     sampled: list[tuple[int, int]] = field(default_factory=list)  # per API: found, asked
     api_rss: list[int] = field(default_factory=list)
 
 
-class FollowRun(Stack):
-    """A writer and R API replicas; a seed imported and settled; one client querying API 1 in a
-    loop while nothing is imported, while --items are journalled as fast as Redis takes them,
-    and once all is settled again."""
+class QueriedStack(Stack):
+    """A writer and API replicas with a seed imported and settled, and one client querying API 1
+    in a loop (a process of its own)."""
 
+    apis: list[tuple[Child, str]]  # each API and its URL
+    data: Data
+    sampler: Sampler
     query_client: Any = None
     replica_cpus: set[int] | None = None  # --pin: the APIs' and the client's CPUs
 
@@ -184,40 +215,6 @@ class FollowRun(Stack):
             self.query_client.terminate()
             self.query_client.join(10)
         super().close()
-
-    def measure(self, variant: int) -> FollowResult:
-        """The run with variant API replicas."""
-        replicas = variant
-        args = self.args
-        out = FollowResult(replicas, args.seed_items, args.items)
-        self.start_stack()
-        self.apis = [self.start_api(f"api{i + 1}") for i in range(replicas)]
-        writer_cpus, self.replica_cpus = ({0}, {1}) if args.pin else (None, None)
-        for pid in (os.getpid(), self.writer.pid):
-            pin(pid, writer_cpus)
-        pin(self.redis.pid or 0, self.replica_cpus if args.redis_with_replicas else writer_cpus)
-        for api, _ in self.apis:
-            pin(api.pid, self.replica_cpus)
-            pin(api.worker_pid() or api.pid, self.replica_cpus)
-        self.client.set(keys.INDEX_MODEL, MODEL)
-        self.data = Data(args.data, args.seed_items + args.items, args.seed)
-        self.sampler = Sampler(self)
-        self.settle_seed()
-        stop, results = self.start_client()
-        idle0, api1_cpu0 = time.monotonic(), cpu_seconds(self.apis[0][0].pid)
-        time.sleep(args.idle)
-        idle1, api1_cpu1 = time.monotonic(), cpu_seconds(self.apis[0][0].pid)
-        t0, spans = self.bulk_import(out)
-        after0 = time.monotonic()  # idle again, over the whole catalog
-        time.sleep(args.idle)
-        after1 = time.monotonic()
-        stop.set()
-        stamps = results.get(timeout=60)
-        self.query_client.join(30)
-        self.tally_latency(out, stamps, t0, spans, (idle0, idle1), (after0, after1))
-        out.idle_cpu_per_request = (api1_cpu1 - api1_cpu0) / max(1, out.idle.requests)
-        self.check_nothing_lost(out)
-        return out
 
     def journal(self, lo: int, hi: int) -> float:
         nothing, no_vectors = np.empty(0, dtype=np.int64), np.empty((0, DIM), dtype=np.float32)
@@ -248,9 +245,49 @@ class FollowRun(Stack):
         time.sleep(2.0)  # its start-up
         return stop, results
 
-    def bulk_import(self, out: FollowResult) -> tuple[float, list[tuple[float, float]]]:
+
+class FollowRun(QueriedStack):
+    """A writer and R API replicas; a seed imported and settled; one client querying API 1 in a
+    loop while nothing is imported, while --items are journalled as fast as Redis takes them,
+    and once all is settled again."""
+
+    def measure(self, variant: int) -> FollowResult:
+        """The run with variant API replicas."""
+        replicas = variant
+        args = self.args
+        out = FollowResult(replicas, args.seed_items, args.items)
+        self.start_stack()
+        self.apis = [self.start_api(f"api{i + 1}") for i in range(replicas)]
+        writer_cpus, self.replica_cpus = ({0}, {1}) if args.pin else (None, None)
+        for pid in (os.getpid(), self.writer.pid):
+            pin(pid, writer_cpus)
+        pin(self.redis.pid or 0, self.replica_cpus if args.redis_with_replicas else writer_cpus)
+        for api, _ in self.apis:
+            pin(api.pid, self.replica_cpus)
+            pin(api.worker_pid() or api.pid, self.replica_cpus)
+        self.client.set(keys.INDEX_MODEL, MODEL)
+        self.data = Data(args.data, args.seed_items + args.items, args.seed)
+        self.sampler = Sampler(self)
+        self.settle_seed()
+        stop, results = self.start_client()
+        idle0, api1_cpu0 = time.monotonic(), cpu_seconds(self.apis[0][0].pid)
+        time.sleep(args.idle)
+        idle1, api1_cpu1 = time.monotonic(), cpu_seconds(self.apis[0][0].pid)
+        t0, (spans, waits) = self.bulk_import(out)
+        after0 = time.monotonic()  # idle again, over the whole catalog
+        time.sleep(args.idle)
+        after1 = time.monotonic()
+        stop.set()
+        stamps = results.get(timeout=60)
+        self.query_client.join(30)
+        self.tally_latency(out, stamps, t0, (spans, waits), (idle0, idle1), (after0, after1))
+        out.idle_cpu_per_request = (api1_cpu1 - api1_cpu0) / max(1, out.idle.requests)
+        self.check_nothing_lost(out)
+        return out
+
+    def bulk_import(self, out: FollowResult) -> tuple[float, tuple[Spans, Spans]]:
         """The import at full speed, until every replica serves it, the snapshot holds it, the
-        journal is trimmed; its start, and API 1's rebases (monotonic start, end)."""
+        journal is trimmed; its start, and API 1's rebases and waits (monotonic start, end)."""
         args, apis = self.args, self.apis
         n = args.seed_items + args.items
         t0 = time.monotonic()
@@ -299,8 +336,9 @@ class FollowRun(Stack):
 
     def tally_log(
         self, out: FollowResult, api: Child, offset: int, wall_minus_monotonic: float
-    ) -> list[tuple[float, float]]:
-        """An API's rebases and reloads since offset in its log, into out; the rebases' spans."""
+    ) -> tuple[Spans, Spans]:
+        """An API's rebases and reloads since offset in its log, into out; the spans of its
+        rebases and of its waits for a snapshot."""
         with api.log.open("rb") as file:
             file.seek(offset)
             text = file.read().decode(errors="replace")
@@ -309,14 +347,15 @@ class FollowRun(Stack):
         out.reloads.append(len(RELOAD_LINE.findall(text)))
         # A worker killed (gunicorn's timeout) takes its CPU-seconds with it: count them.
         out.restarts.append(api.log.read_text(errors="replace").count("Booting worker") - 1)
-        return rebase_spans(text, wall_minus_monotonic)
+        rebases = rebase_spans(text, wall_minus_monotonic)
+        return rebases, wait_spans(text, wall_minus_monotonic, rebases)
 
     def tally_latency(
         self,
         out: FollowResult,
         stamps: list[tuple[float, float, bool]],
         t0: float,
-        spans: list[tuple[float, float]],
+        spans_waits: tuple[Spans, Spans],
         idle: tuple[float, float],
         after: tuple[float, float],
     ) -> None:
@@ -326,18 +365,24 @@ class FollowRun(Stack):
         whole_end = max(last_served, t0 + (out.writer_s or 0.0))
         out.whole = Latency.of(stamps, t0, whole_end)
 
+        spans, waits = spans_waits
+
         def rebasing(began: float, ended: float) -> bool:
             return any(began < end and ended > start for start, end in spans)
 
+        def waiting(began: float, ended: float) -> bool:
+            return any(start <= began and ended <= end for start, end in waits)
+
         out.rebasing = Latency.of(stamps, t0, whole_end, rebasing)
         out.between = Latency.of(stamps, t0, whole_end, lambda b, e: not rebasing(b, e))
+        out.waiting = Latency.of(stamps, t0, whole_end, waiting)
         out.after = Latency.of(stamps, *after)
         out.requests_settled = Latency.of(stamps, t0, t0 + (out.settled_s or 0.0)).requests
         if self.args.stamps is not None:  # for a timeline of each request
             self.args.stamps.write_text(json.dumps({
                 "t0": t0, "idle": list(idle), "whole_end": whole_end,
                 "writer_s": out.writer_s, "served_s": out.served_s,
-                "rebases": spans, "stamps": stamps,
+                "rebases": spans, "waits": waits, "stamps": stamps,
             }))  # fmt: skip
 
     def check_nothing_lost(self, out: FollowResult) -> None:
@@ -403,6 +448,7 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
         ("  import, until all applied and served", lambda r: str(r.whole)),
         ("    of it, overlapping a rebase of API 1", lambda r: str(r.rebasing)),
         ("    of it, the others", lambda r: str(r.between)),
+        ("      of them, while API 1 followed nothing", lambda r: str(r.waiting)),
         ("  idle after, all items", lambda r: str(r.after)),
         ("items served at end", lambda r: each(r.items_final, str)),
         ("sampled ids served", lambda r: each(r.sampled, lambda v: f"{v[0]}/{v[1]}")),
@@ -438,7 +484,7 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
 def load_follow(path: Path) -> list[FollowResult]:
     results = []
     for raw in json.loads(path.read_text()):
-        for name in ("idle", "ingest", "whole", "rebasing", "between", "after"):
+        for name in ("idle", "ingest", "whole", "rebasing", "between", "waiting", "after"):
             raw[name] = Latency(**raw.get(name, {}))
         raw["rebases"] = [tuple(v) for v in raw["rebases"]]
         raw["sampled"] = [tuple(v) for v in raw["sampled"]]

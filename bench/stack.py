@@ -421,6 +421,9 @@ def common_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where the data goes")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument(
+        "--logs", type=Path, default=None, help="keep each run's process logs in this folder"
+    )
+    parser.add_argument(
         "--report", type=Path, nargs="+", default=None, help="print --json files' report"
     )
 
@@ -439,10 +442,19 @@ def run_each(
         try:
             results.append(make(variant, base).measured(variant))
         finally:
+            if args.logs is not None:
+                keep_logs(base, args.logs / base.name)
             shutil.rmtree(base, ignore_errors=True)
         if args.json:
             args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
     return results
+
+
+def keep_logs(base: Path, into: Path) -> None:
+    """Copy the *.log files of a run's folder into `into`."""
+    into.mkdir(parents=True, exist_ok=True)
+    for log in base.glob("*.log"):
+        shutil.copy2(log, into / log.name)
 
 
 # Report cells.
