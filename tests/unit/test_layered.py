@@ -3,8 +3,10 @@ small graph."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -236,6 +238,41 @@ def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_grap
         # The catalog it serves waits for lulls in the queries as it follows.
         served = replica.catalog.index
         assert isinstance(served, LayeredIndex) and served.pause == replica.traffic.lull
+    finally:
+        replica.stop()
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    """Python's cyclic collector off: what is freed is freed by reference counting alone."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def test_a_loaded_catalog_is_left_out_of_full_collections_and_the_one_it_replaces_is_freed(
+    client, redis_server, tmp_path, monkeypatch, collector_off
+):
+    """A full collection walks every object it tracks holding the GIL: a replica freezes what
+    it loads, which is safe only because a replaced catalog needs no collection to be freed."""
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
+    replica = Replica(settings, client).start()
+    try:
+        journal(client, 0, 50)
+        wait_until(lambda: len(replica.catalog) == 50, 10, "replica did not follow")
+        replaced = weakref.ref(replica.catalog)
+        writer = Catalog(settings)
+        writer.apply(read_after(client, START, block_ms=None))
+        writer.save(SnapshotStore(tmp_path / "index"))
+        journal(client, 50, 5)
+        wait_until(lambda: replica.catalog.base_position == writer.position, 10, "no rebase")
+        served = replica.catalog
+        assert not any(tracked is served for tracked in gc.get_objects())
+        wait_until(lambda: replaced() is None, 5, "the replaced catalog was not freed")
     finally:
         replica.stop()
 
