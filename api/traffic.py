@@ -43,6 +43,10 @@ class Traffic:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def queried_within(self, seconds: float) -> bool:
+        """Whether a request is in flight or began at most `seconds` ago."""
+        return self._in_flight > 0 or time.monotonic() - self._last_began <= seconds
+
     def middleware(self, app: WSGIApp) -> WSGIApp:
         """Wrap a WSGI app so that every request is counted while the app handles it."""
 

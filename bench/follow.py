@@ -2,13 +2,14 @@
 
 For each of --replicas R: the writer and R API processes (bench/stack.py); --seed-items items
 journalled and settled (in a snapshot, the journal trimmed, every replica on it); one client (a
-process of its own) queries /similar on API 1 in a loop, --idle seconds idle, through the import of
---items more at full speed, and idle again after. Reports each API's and the writer's CPU-seconds
-(utime + stime of /proc/<pid>/stat, gunicorn's master and worker) over the import, /similar
-p50/p99/max in the three windows (and, during the import, apart for the requests that overlapped
-one of API 1's rebases, and of the others those while API 1 followed nothing, waiting for the
-writer's snapshot with its exact tail full: what the writer's work beside it costs the queries by
-itself, see also bench/interference.py), when each replica serves all, its rebases and reloads (its log), and that
+process of its own) queries /similar on API 1 in a loop (back to back, or at --rate requests a
+second, each timed from when it was due), --idle seconds idle, through the import of --items more
+at full speed, and idle again after. Reports each API's and the writer's CPU-seconds (utime +
+stime of /proc/<pid>/stat, gunicorn's master and worker) over the import, /similar p50/p99/max in
+the three windows (and, during the import, apart for the requests that overlapped one of API 1's
+rebases, and of the others those while API 1 followed nothing, waiting for the writer's snapshot
+with its exact tail full: what the writer's work beside it costs the queries by itself, see also
+bench/interference.py), when each replica serves all, its rebases and reloads (its log), and that
 nothing is lost (every replica holds every item, and a sample of them, the last ones included, is
 served). --pin puts the writer, Redis and the import on CPU 0 and the replicas and the client on
 CPU 1, as if the writer had a host of its own (--redis-with-replicas: Redis on CPU 1 instead).
@@ -107,15 +108,24 @@ def logged_at(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def query_loop(url: str, ids: list[str], stop: Any, results: Any) -> None:
+def query_loop(url: str, ids: list[str], stop: Any, results: Any, rate: float = 0.0) -> None:
     """One client, one request at a time (in a process of its own: the import's Python must not
-    hold its GIL): (monotonic start, seconds, ok) of each GET /similar."""
+    hold its GIL): (start, seconds, ok) of each GET /similar, back to back; or at `rate` a
+    second, each request due at its turn and its seconds counted from then, not from when it
+    could be sent, so that a stall counts for every request it held back (a client waiting for
+    each answer before it asks again sees one slow request per stall, however long)."""
     session = requests.Session()
     rng = np.random.default_rng(11)
     stamps = []
+    due = time.monotonic()
     while not stop.is_set():
         product_id = ids[int(rng.integers(len(ids)))]
-        began = time.monotonic()
+        if rate:
+            due += 1.0 / rate
+            time.sleep(max(0.0, due - time.monotonic()))
+            began = due
+        else:
+            began = time.monotonic()
         try:
             ok = session.get(
                 f"{url}/api/v1/products/{product_id}/similar", params={"k": K}, timeout=30
@@ -125,6 +135,7 @@ def query_loop(url: str, ids: list[str], stop: Any, results: Any) -> None:
         stamps.append((began, time.monotonic() - began, ok))
         if not ok:
             time.sleep(0.1)  # a stopped API: do not spin
+            due = time.monotonic()
     results.put(stamps)
 
 
@@ -167,6 +178,7 @@ class FollowResult:
     replicas: int
     seed: int
     items: int
+    rate: float = 0.0  # the client's requests a second (0: back to back)
     inject_s: float = 0.0
     writer_s: float | None = None
     served_s: list[float] = field(default_factory=list)  # per API, from the import's start
@@ -232,12 +244,15 @@ class QueriedStack(Stack):
         )  # fmt: skip
         time.sleep(REBASE_WAIT)
 
-    def start_client(self) -> tuple[Any, Any]:
-        """The querying client, started; its stop event and its results' queue."""
+    def start_client(self, rate: float = 0.0) -> tuple[Any, Any]:
+        """The querying client (at rate requests a second, or back to back), started; its stop
+        event and its results' queue."""
         context = multiprocessing.get_context("spawn")
         stop, results = context.Event(), context.Queue()
         url, ids = self.apis[0][1], [str(i) for i in range(self.args.seed_items)]
-        client = context.Process(target=query_loop, args=(url, ids, stop, results), daemon=True)
+        client = context.Process(
+            target=query_loop, args=(url, ids, stop, results, rate), daemon=True
+        )
         client.start()
         pin(client.pid or 0, self.replica_cpus)
         self.query_client = client  # stopped by close() too, when the run fails
@@ -255,7 +270,7 @@ class FollowRun(QueriedStack):
         """The run with variant API replicas."""
         replicas = variant
         args = self.args
-        out = FollowResult(replicas, args.seed_items, args.items)
+        out = FollowResult(replicas, args.seed_items, args.items, args.rate)
         self.start_stack()
         self.apis = [self.start_api(f"api{i + 1}") for i in range(replicas)]
         writer_cpus, self.replica_cpus = ({0}, {1}) if args.pin else (None, None)
@@ -269,7 +284,7 @@ class FollowRun(QueriedStack):
         self.data = Data(args.data, args.seed_items + args.items, args.seed)
         self.sampler = Sampler(self)
         self.settle_seed()
-        stop, results = self.start_client()
+        stop, results = self.start_client(args.rate)
         idle0, api1_cpu0 = time.monotonic(), cpu_seconds(self.apis[0][0].pid)
         time.sleep(args.idle)
         idle1, api1_cpu1 = time.monotonic(), cpu_seconds(self.apis[0][0].pid)
@@ -457,8 +472,8 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
     lines = [
         f"Follow cost: {args.seed_items} seed items, then {args.items} journalled at full "
         f"speed ({args.data}, 2048-d), {os.cpu_count()} CPUs; one client queries /similar k={K} "
-        f"on API 1 in a loop; idle windows {args.idle:g} s; values per API are API 1 / "
-        "API 2"
+        f"on API 1 {client_pace(results[0].rate)}; idle windows {args.idle:g} s; "
+        "values per API are API 1 / API 2"
         + (
             (
                 "; pinned: writer and the import on CPU 0, the APIs, client and Redis on CPU 1"
@@ -481,6 +496,12 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def client_pace(rate: float) -> str:
+    if not rate:
+        return "in a loop, back to back"
+    return f"at {rate:g} requests/s, each timed from when it was due"
+
+
 def load_follow(path: Path) -> list[FollowResult]:
     results = []
     for raw in json.loads(path.read_text()):
@@ -501,6 +522,10 @@ def main() -> None:
     parser.add_argument("--seed-items", type=int, default=2000, help="items there before")
     parser.add_argument("--idle", type=float, default=20.0, help="idle windows, seconds")
     parser.add_argument("--pin", action="store_true", help="the writer's and the replicas' CPUs")
+    parser.add_argument(
+        "--rate", type=float, default=0.0,
+        help="requests a second, each timed from when it was due (default: back to back)",
+    )  # fmt: skip
     parser.add_argument(
         "--redis-with-replicas",
         action="store_true",

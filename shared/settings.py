@@ -84,6 +84,14 @@ class Settings(BaseSettings):
         description="Most of a core an API process spends following the journal while it "
         "serves requests (1: no limit); idle, it follows at full speed.",
     )
+    replica_load_share: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="Most of the time an API process spends loading the writer's snapshots while "
+        "it serves requests (each load stalls its requests; 1: no limit); idle, it loads each "
+        "newer snapshot that is worth it at once.",
+    )
     replica_exact_items: int = Field(
         1024,
         ge=0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from api.replica import JOURNAL_READ, WAIT_BACKLOG, Replica
+from api.replica import JOURNAL_READ, WAIT_BACKLOG, Replica, load_paced
 from shared import keys
 from shared.catalog import Catalog
 from shared.errors import DimensionMismatch, InvalidVector
@@ -240,6 +241,92 @@ def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_grap
         assert isinstance(served, LayeredIndex) and served.pause == replica.traffic.lull
     finally:
         replica.stop()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "share", "gap"),
+    [(0.5, 0.02, 24.5), (0.5, 1.0, 0.0), (18.0, 0.02, 882.0), (0.01, 0.5, 0.01)],
+)
+def test_a_load_paced_by_its_share_leaves_the_rest_of_the_time_to_the_queries(seconds, share, gap):
+    waits = load_paced(seconds, share) - time.monotonic()
+    assert waits == pytest.approx(gap, abs=0.01)
+    assert seconds / (seconds + gap) == pytest.approx(share)
+
+
+@pytest.mark.parametrize("share", [1.0, 1e-6])
+def test_a_queried_replica_loads_the_writer_s_next_snapshot_only_once_its_pace_allows(
+    client, redis_server, tmp_path, monkeypatch, share
+):
+    """Each load stalls every request of the process (hnswlib holds the GIL): while requests
+    come, the next load waits for its pace (at a share of 1, none); without them, it comes."""
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    monkeypatch.setattr("api.replica.QUERIED", 0.3)
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url, replica_load_share=share)
+    store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
+    replica = Replica(settings, client).start()
+    requests_come, queries = threading.Event(), None
+    try:
+        journal(client, 0, 50)
+        writer.apply(read_after(client, START, block_ms=None))
+        first = writer.save(store)
+        assert first is not None
+        wait_until(lambda: replica.catalog.base_position == first.position, 10, "no first load")
+        counted = replica.traffic.middleware(lambda environ, start_response: [b""])
+        queries = threading.Thread(target=query_until, args=(counted, requests_come))
+        queries.start()
+        journal(client, 50, 10)
+        writer.apply(read_after(client, writer.position, block_ms=None))
+        second = writer.save(store)
+        assert second is not None
+        time.sleep(2.0)  # many looks for a newer snapshot (REBASE is 0)
+        loaded = replica.catalog.base_position == second.position
+        assert loaded is (share == 1.0) and len(replica.catalog) == 60
+        requests_come.set()
+        wait_until(lambda: replica.catalog.base_position == second.position, 10, "no load")
+    finally:
+        requests_come.set()
+        if queries is not None:
+            queries.join()
+        replica.stop()
+
+
+def test_a_queried_replica_whose_next_load_is_far_off_follows_a_burst_itself(
+    client, redis_server, tmp_path, monkeypatch
+):
+    """Waiting for a snapshot it may not load would leave it behind the journal (and its trim):
+    past its exact tail, the burst goes into its small graph."""
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    monkeypatch.setattr("api.replica.QUERIED", 0.3)
+    settings = Settings(
+        data_dir=tmp_path, redis_url=redis_server.url, replica_load_share=1e-6,
+        replica_exact_items=10,
+    )  # fmt: skip
+    writer = Catalog(settings)
+    replica = Replica(settings, client).start()
+    requests_come, queries = threading.Event(), None
+    try:
+        journal(client, 0, 50)
+        writer.apply(read_after(client, START, block_ms=None))
+        first = writer.save(SnapshotStore(tmp_path / "index"))
+        assert first is not None
+        wait_until(lambda: replica.catalog.base_position == first.position, 10, "no first load")
+        counted = replica.traffic.middleware(lambda environ, start_response: [b""])
+        queries = threading.Thread(target=query_until, args=(counted, requests_come))
+        queries.start()
+        journal(client, 50, 100)  # a burst: 90 beyond the tail's room
+        wait_until(lambda: len(replica.catalog) == 150, 10, "the replica waited")
+        assert small_graph(replica) == 90 and not replica.waiting
+    finally:
+        requests_come.set()
+        if queries is not None:
+            queries.join()
+        replica.stop()
+
+
+def query_until(counted: Any, stop: threading.Event) -> None:
+    """Requests through the replica's traffic counter, one every 20 ms, until stop."""
+    while not stop.wait(0.02):
+        list(counted({}, lambda *args: None))
 
 
 @pytest.fixture
