@@ -35,8 +35,8 @@ REBASE_MIN_SHARE = 0.1
 # And while requests come (one began within this many seconds), loads are paced: after a load of
 # L seconds the next waits L * (1 / settings.replica_load_share - 1), so that loads take at most
 # that share of the time. Each load stalls every request for its GIL-held part; a client sending
-# at a steady rate saw a /similar p99 of 217 ms during a 50k import with a load at every writer
-# snapshot (12, 0.5 s each), against 4.4 ms idle (bench/follow.py --rate 100).
+# at a steady rate saw a /similar p99 of 168-217 ms during a 50k import with a load at every
+# writer snapshot (11-12, 0.4-0.5 s each), 73 ms paced, 4.4-4.6 ms idle (bench/follow.py --rate).
 QUERIED = 1.0
 # The following thread keeps its process's niceness: niced, it was often preempted (by the writer,
 # on a shared host) while holding the GIL, and this process's queries waited for it to be run
