@@ -32,11 +32,13 @@ REBASE_MAX_MISSING = 0.25
 # graph. Loads then cost queries a bounded share of time however slowly items come (at a
 # trickle, every newer snapshot would otherwise be loaded).
 REBASE_MIN_SHARE = 0.1
-# And while requests come (one began within this many seconds), loads are paced: after a load of
-# L seconds the next waits L * (1 / settings.replica_load_share - 1), so that loads take at most
+# And while requests come (one began within this many seconds), loads can be paced: after a load
+# of L seconds the next waits L * (1 / settings.replica_load_share - 1), so that loads take at most
 # that share of the time. Each load stalls every request for its GIL-held part; a client sending
 # at a steady rate saw a /similar p99 of 168-217 ms during a 50k import with a load at every
-# writer snapshot (11-12, 0.4-0.5 s each), 73 ms paced, 4.4-4.6 ms idle (bench/follow.py --rate).
+# writer snapshot (11-12, 0.4-0.5 s each), 4.4-4.6 ms idle. Paced at 0.02: 73 ms on a CPU of its
+# own, but 263 ms against 164 beside the writer (it fell behind the trim and reloaded): off by
+# default (bench/follow.py --rate).
 QUERIED = 1.0
 # The following thread keeps its process's niceness: niced, it was often preempted (by the writer,
 # on a shared host) while holding the GIL, and this process's queries waited for it to be run

@@ -85,12 +85,12 @@ class Settings(BaseSettings):
         "serves requests (1: no limit); idle, it follows at full speed.",
     )
     replica_load_share: float = Field(
-        0.02,
+        1.0,
         gt=0,
         le=1,
         description="Most of the time an API process spends loading the writer's snapshots while "
-        "it serves requests (each load stalls its requests; 1: no limit); idle, it loads each "
-        "newer snapshot that is worth it at once.",
+        "it serves requests (each load stalls its requests; 1: no limit, the default); idle, it "
+        "loads each newer snapshot that is worth it at once. Lower only on a host of its own.",
     )
     replica_exact_items: int = Field(
         1024,
