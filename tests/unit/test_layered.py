@@ -9,6 +9,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -253,6 +254,44 @@ def test_a_load_paced_by_its_share_leaves_the_rest_of_the_time_to_the_queries(se
     assert seconds / (seconds + gap) == pytest.approx(share)
 
 
+@contextmanager
+def on_a_first_snapshot(
+    client: redis.Redis, settings: Settings
+) -> Iterator[tuple[Replica, Catalog, SnapshotStore]]:
+    """A replica that has loaded the writer's first snapshot (50 items); the writer, its store."""
+    store, writer = SnapshotStore(settings.data_dir / "index"), Catalog(settings)
+    replica = Replica(settings, client).start()
+    try:
+        journal(client, 0, 50)
+        writer.apply(read_after(client, START, block_ms=None))
+        first = writer.save(store)
+        assert first is not None
+        wait_until(lambda: replica.catalog.base_position == first.position, 10, "no first load")
+        yield replica, writer, store
+    finally:
+        replica.stop()
+
+
+@contextmanager
+def requests_coming(replica: Replica) -> Iterator[threading.Event]:
+    """Requests through the replica's traffic counter, one every 20 ms, until the event yielded
+    is set or the block ends."""
+    stop = threading.Event()
+    counted = replica.traffic.middleware(lambda environ, start_response: [b""])
+
+    def send() -> None:
+        while not stop.wait(0.02):
+            list(counted({}, lambda *args: None))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        sender.join()
+
+
 @pytest.mark.parametrize("share", [1.0, 1e-6])
 def test_a_queried_replica_loads_the_writer_s_next_snapshot_only_once_its_pace_allows(
     client, redis_server, tmp_path, monkeypatch, share
@@ -262,18 +301,10 @@ def test_a_queried_replica_loads_the_writer_s_next_snapshot_only_once_its_pace_a
     monkeypatch.setattr("api.replica.REBASE", 0.0)
     monkeypatch.setattr("api.replica.QUERIED", 0.3)
     settings = Settings(data_dir=tmp_path, redis_url=redis_server.url, replica_load_share=share)
-    store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
-    replica = Replica(settings, client).start()
-    requests_come, queries = threading.Event(), None
-    try:
-        journal(client, 0, 50)
-        writer.apply(read_after(client, START, block_ms=None))
-        first = writer.save(store)
-        assert first is not None
-        wait_until(lambda: replica.catalog.base_position == first.position, 10, "no first load")
-        counted = replica.traffic.middleware(lambda environ, start_response: [b""])
-        queries = threading.Thread(target=query_until, args=(counted, requests_come))
-        queries.start()
+    with (
+        on_a_first_snapshot(client, settings) as (replica, writer, store),
+        requests_coming(replica) as requests_stop,
+    ):
         journal(client, 50, 10)
         writer.apply(read_after(client, writer.position, block_ms=None))
         second = writer.save(store)
@@ -281,13 +312,8 @@ def test_a_queried_replica_loads_the_writer_s_next_snapshot_only_once_its_pace_a
         time.sleep(2.0)  # many looks for a newer snapshot (REBASE is 0)
         loaded = replica.catalog.base_position == second.position
         assert loaded is (share == 1.0) and len(replica.catalog) == 60
-        requests_come.set()
+        requests_stop.set()
         wait_until(lambda: replica.catalog.base_position == second.position, 10, "no load")
-    finally:
-        requests_come.set()
-        if queries is not None:
-            queries.join()
-        replica.stop()
 
 
 def test_a_queried_replica_whose_next_load_is_far_off_follows_a_burst_itself(
@@ -301,32 +327,13 @@ def test_a_queried_replica_whose_next_load_is_far_off_follows_a_burst_itself(
         data_dir=tmp_path, redis_url=redis_server.url, replica_load_share=1e-6,
         replica_exact_items=10,
     )  # fmt: skip
-    writer = Catalog(settings)
-    replica = Replica(settings, client).start()
-    requests_come, queries = threading.Event(), None
-    try:
-        journal(client, 0, 50)
-        writer.apply(read_after(client, START, block_ms=None))
-        first = writer.save(SnapshotStore(tmp_path / "index"))
-        assert first is not None
-        wait_until(lambda: replica.catalog.base_position == first.position, 10, "no first load")
-        counted = replica.traffic.middleware(lambda environ, start_response: [b""])
-        queries = threading.Thread(target=query_until, args=(counted, requests_come))
-        queries.start()
+    with (
+        on_a_first_snapshot(client, settings) as (replica, _, _),
+        requests_coming(replica),
+    ):
         journal(client, 50, 100)  # a burst: 90 beyond the tail's room
         wait_until(lambda: len(replica.catalog) == 150, 10, "the replica waited")
         assert small_graph(replica) == 90 and not replica.waiting
-    finally:
-        requests_come.set()
-        if queries is not None:
-            queries.join()
-        replica.stop()
-
-
-def query_until(counted: Any, stop: threading.Event) -> None:
-    """Requests through the replica's traffic counter, one every 20 ms, until stop."""
-    while not stop.wait(0.02):
-        list(counted({}, lambda *args: None))
 
 
 @pytest.fixture
@@ -347,21 +354,16 @@ def test_a_loaded_catalog_is_left_out_of_full_collections_and_the_one_it_replace
     it loads, which is safe only because a replaced catalog needs no collection to be freed."""
     monkeypatch.setattr("api.replica.REBASE", 0.0)
     settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
-    replica = Replica(settings, client).start()
-    try:
-        journal(client, 0, 50)
-        wait_until(lambda: len(replica.catalog) == 50, 10, "replica did not follow")
-        replaced = weakref.ref(replica.catalog)
-        writer = Catalog(settings)
-        writer.apply(read_after(client, START, block_ms=None))
-        writer.save(SnapshotStore(tmp_path / "index"))
-        journal(client, 50, 5)
-        wait_until(lambda: replica.catalog.base_position == writer.position, 10, "no rebase")
+    with on_a_first_snapshot(client, settings) as (replica, writer, store):
+        replaced = weakref.ref(replica.catalog)  # loaded, so frozen too
+        journal(client, 50, 10)
+        writer.apply(read_after(client, writer.position, block_ms=None))
+        second = writer.save(store)
+        assert second is not None
+        wait_until(lambda: replica.catalog.base_position == second.position, 10, "no rebase")
         served = replica.catalog
         assert not any(tracked is served for tracked in gc.get_objects())
         wait_until(lambda: replaced() is None, 5, "the replaced catalog was not freed")
-    finally:
-        replica.stop()
 
 
 @pytest.fixture
