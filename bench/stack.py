@@ -4,6 +4,7 @@ at full speed, and a sampler of where each stands once a second."""
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import json
@@ -313,7 +314,7 @@ class Sampler:
 # The stack.
 
 
-class Stack:
+class Stack(abc.ABC):
     """A redis-server of its own under base, the writer, and API processes started on demand,
     each with its own LOOKALIKE_DATA_DIR; APIs read the writer's snapshots through
     LOOKALIKE_SNAPSHOT_URL, as a replica on another host reads a bucket."""
@@ -408,8 +409,9 @@ class Stack:
         finally:
             self.close()
 
+    @abc.abstractmethod
     def measure(self, variant: int) -> Any:
-        raise NotImplementedError
+        """One run of the bench: variant is what it varies (a dims setting, a replica count)."""
 
 
 def common_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
