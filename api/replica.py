@@ -57,7 +57,8 @@ WAIT_BACKLOG = 64
 WAIT_POLL = 1.0  # seconds between two looks for that snapshot while waiting
 WAITING_TTL = 5  # seconds the writer hears of a waiting replica after its last look
 # Journal entries a read takes: the reply is parsed holding the GIL (shared.follower.READ_COUNT),
-# and this process's queries wait for it: about 1.5 ms for 128 entries of 2048-d, 12 for 1,000.
+# and this process's queries wait for it: about 1 ms for 128 entries of 2048-d, 9-15 for 512 or
+# 1,000 (bench/journal_read.py).
 JOURNAL_READ = 128
 # The longest a chunk of changes waits for no request to be in flight: under a steady stream
 # of queries following still goes on (a chunk at least this often), a new item later.
@@ -202,7 +203,7 @@ class Replica:
         self._rebase_tried = snapshots[0].name
         started = time.perf_counter()
         fresh, _ = self._restore(self.store, serving=False)
-        self._next_load = load_paced(
+        self._next_load = next_load_at(
             time.perf_counter() - started, self.settings.replica_load_share
         )
         loaded_at = fresh.position
@@ -307,7 +308,7 @@ class Replica:
         )  # fmt: skip
 
 
-def load_paced(seconds: float, share: float) -> float:
+def next_load_at(seconds: float, share: float) -> float:
     """When (time.monotonic()) a queried replica may load again after a load of `seconds`, so
     that loads take at most `share` of the time."""
     return time.monotonic() + seconds * (1 / share - 1)

@@ -295,7 +295,7 @@ class FollowRun(QueriedStack):
         stop.set()
         stamps = results.get(timeout=60)
         self.query_client.join(30)
-        self.tally_latency(out, stamps, t0, (spans, waits), (idle0, idle1), (after0, after1))
+        self.tally_latency(out, stamps, t0, spans, waits, (idle0, idle1), (after0, after1))
         out.idle_cpu_per_request = (api1_cpu1 - api1_cpu0) / max(1, out.idle.requests)
         self.check_nothing_lost(out)
         return out
@@ -370,7 +370,8 @@ class FollowRun(QueriedStack):
         out: FollowResult,
         stamps: list[tuple[float, float, bool]],
         t0: float,
-        spans_waits: tuple[Spans, Spans],
+        spans: Spans,
+        waits: Spans,
         idle: tuple[float, float],
         after: tuple[float, float],
     ) -> None:
@@ -379,8 +380,6 @@ class FollowRun(QueriedStack):
         out.ingest = Latency.of(stamps, t0, last_served)
         whole_end = max(last_served, t0 + (out.writer_s or 0.0))
         out.whole = Latency.of(stamps, t0, whole_end)
-
-        spans, waits = spans_waits
 
         def rebasing(began: float, ended: float) -> bool:
             return any(began < end and ended > start for start, end in spans)

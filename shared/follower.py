@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from shared.catalog import Catalog
 
 # Entries a read takes by default (the writer's). redis-py's parser (hiredis) builds a read's reply
-# holding the GIL, about 12 ms per 1,000 entries of 2048-d: a process that also answers queries
-# reads fewer at a time (api/replica.py).
+# holding the GIL, 9-15 ms for 1,000 entries of 2048-d (bench/journal_read.py): a process that also
+# answers queries reads fewer at a time (api/replica.py).
 READ_COUNT = 1000
 
 
