@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from api.handover import Handover
 from api.traffic import Traffic
 from shared import keys
 from shared.catalog import Catalog
@@ -60,6 +61,9 @@ WAITING_TTL = 5  # seconds the writer hears of a waiting replica after its last 
 # and this process's queries wait for it: about 1 ms for 128 entries of 2048-d, 9-15 for 512 or
 # 1,000 (bench/journal_read.py).
 JOURNAL_READ = 128
+# A handover asked for (api/handover.py) that has not happened after this many seconds: the
+# replica loads the snapshot itself meanwhile (the new worker, once up, still takes over).
+HANDOVER_RETRY = 30.0
 # The longest a chunk of changes waits for no request to be in flight: under a steady stream
 # of queries following still goes on (a chunk at least this often), a new item later.
 FOLLOW_WAIT = 0.01
@@ -93,6 +97,12 @@ class Replica:
         # The catalog whose exact tail filled during a bulk import, and since when (_fitting).
         self._full: tuple[Catalog, float] | None = None
         self.loaded = threading.Event()
+        # Loaded and caught up with the journal (or waiting for the writer's snapshot): a worker
+        # that takes over from another (api/handover.py) waits for this.
+        self.settled = threading.Event()
+        # Set by gunicorn's hook: while queried, a newer snapshot is loaded by a new worker.
+        self.handover: Handover | None = None
+        self._handover_asked = -HANDOVER_RETRY  # time.monotonic()
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="replica", daemon=True)
@@ -126,6 +136,7 @@ class Replica:
             if self._full is not None and self._full[0] is not catalog:
                 self._full = None  # moved on: and the old catalog's memory is freed
             if self.waiting:
+                self.settled.set()
                 # Tells the writer, which then snapshots as soon as the burst is over.
                 self.client.set(self.gen.replicas_waiting, 1, ex=WAITING_TTL)
                 self._stop.wait(WAIT_POLL)
@@ -136,6 +147,8 @@ class Replica:
             if trimmed_past(self.client, before, self.gen) and self._reload_helps(before):
                 continue  # what we missed was in a newer snapshot, now loaded
             catalog.apply(self._fitting(catalog, entries))
+            if len(entries) < JOURNAL_READ:
+                self.settled.set()  # read up to the journal's head
             self.last_error = None
             self._maybe_rebase()
 
@@ -200,6 +213,8 @@ class Replica:
             return
         if snapshots[0].name == self._rebase_tried or not self._worth_loading(snapshots[0]):
             return
+        if self._handed_over(snapshots[0]):
+            return
         self._rebase_tried = snapshots[0].name
         started = time.perf_counter()
         fresh, _ = self._restore(self.store, serving=False)
@@ -225,6 +240,20 @@ class Replica:
             "replica moved onto snapshot %s: %d items, %d since it, in %.2fs",
             snapshots[0].name, len(fresh), fresh.overlay_items, time.perf_counter() - started,
         )  # fmt: skip
+
+    def _handed_over(self, snapshot: Snapshot) -> bool:
+        """Whether a new worker loads snapshot instead (asked now, or lately and not yet up):
+        only while requests come, which a load here would stall."""
+        if self.handover is None or not self.traffic.queried_within(QUERIED):
+            return False
+        if time.monotonic() - self._handover_asked < HANDOVER_RETRY:
+            return True  # on its way; or just took over (its note gone) and this one stops
+        if self.handover.requested():
+            return False  # asked long ago and still not up: load here meanwhile
+        self._handover_asked = time.monotonic()
+        self.handover.request()
+        log.info("replica: handing over to a new worker for snapshot %s", snapshot.name)
+        return True
 
     def _worth_loading(self, snapshot: Snapshot) -> bool:
         """Whether a rebase onto snapshot is worth a load: it lacks at most REBASE_MAX_MISSING

@@ -79,6 +79,11 @@ STAMPED_REBASE_LINE = re.compile(
 STAMPED_WAIT_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*replica: exact tail full at ", re.MULTILINE
 )
+# ... and its handovers (api/handover.py): asked for by the worker serving, done by the new one.
+STAMPED_HANDOVER_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*replica(: handing over| took over)",
+    re.MULTILINE,
+)
 Spans = list[tuple[float, float]]
 
 
@@ -88,6 +93,20 @@ def rebase_spans(text: str, wall_minus_monotonic: float) -> Spans:
     for stamp, seconds in STAMPED_REBASE_LINE.findall(text):
         end = logged_at(stamp) - wall_minus_monotonic
         spans.append((end - float(seconds), end))
+    return spans
+
+
+def handover_spans(text: str, wall_minus_monotonic: float) -> Spans:
+    """(monotonic start, end) of each handover a replica's log tells of: from the serving
+    worker's asking until the new worker took over."""
+    spans, asked = [], None
+    for stamp, what in STAMPED_HANDOVER_LINE.findall(text):
+        at = logged_at(stamp) - wall_minus_monotonic
+        if what == ": handing over":
+            asked = at
+        elif asked is not None:
+            spans.append((asked, at))
+            asked = None
     return spans
 
 
@@ -192,7 +211,9 @@ class FollowResult:
     requests_settled: int = 0  # API 1's /similar from the import's start until settled
     rebases: list[tuple[int, float]] = field(default_factory=list)  # per API: count, seconds
     reloads: list[int] = field(default_factory=list)  # per API: "reloaded" (trimmed past it)
-    restarts: list[int] = field(default_factory=list)  # per API: gunicorn workers booted, less 1
+    # per API: gunicorn workers booted, less 1 and less the handovers'
+    restarts: list[int] = field(default_factory=list)
+    handovers: list[int] = field(default_factory=list)  # per API: new workers that took over
     idle: Latency = field(default_factory=Latency)
     # from the import's start until API 1 serves all
     ingest: Latency = field(default_factory=Latency)
@@ -360,9 +381,13 @@ class FollowRun(QueriedStack):
         found = REBASE_LINE.findall(text)
         out.rebases.append((len(found), sum(float(f[2]) for f in found)))
         out.reloads.append(len(RELOAD_LINE.findall(text)))
-        # A worker killed (gunicorn's timeout) takes its CPU-seconds with it: count them.
-        out.restarts.append(api.log.read_text(errors="replace").count("Booting worker") - 1)
+        whole = api.log.read_text(errors="replace")
+        handovers = whole.count("replica took over from the previous worker")
+        out.handovers.append(text.count("replica took over from the previous worker"))
+        out.restarts.append(whole.count("Booting worker") - 1 - handovers)
+        # A handover's new worker loads beside the one serving: its span counts as a rebase's.
         rebases = rebase_spans(text, wall_minus_monotonic)
+        rebases = sorted(rebases + handover_spans(text, wall_minus_monotonic))
         return rebases, wait_spans(text, wall_minus_monotonic, rebases)
 
     def tally_latency(
@@ -456,11 +481,12 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
             lambda r: each(r.rebases, lambda v: f"{v[0]}, {v[1]:.1f}"),
         ),
         ("reloads in ingest", lambda r: each(r.reloads, str)),
+        ("handovers to a new worker", lambda r: each(r.handovers, str)),
         ("gunicorn worker restarts", lambda r: each(r.restarts, str)),
         (f"/similar k={K} idle: p50/p99/max ms (n)", lambda r: str(r.idle)),
         ("  import, until API 1 serves all", lambda r: str(r.ingest)),
         ("  import, until all applied and served", lambda r: str(r.whole)),
-        ("    of it, overlapping a rebase of API 1", lambda r: str(r.rebasing)),
+        ("    of it, overlapping a rebase/handover of API 1", lambda r: str(r.rebasing)),
         ("    of it, the others", lambda r: str(r.between)),
         ("      of them, while API 1 followed nothing", lambda r: str(r.waiting)),
         ("  idle after, all items", lambda r: str(r.after)),
@@ -510,6 +536,7 @@ def load_follow(path: Path) -> list[FollowResult]:
         raw["sampled"] = [tuple(v) for v in raw["sampled"]]
         raw.setdefault("reloads", [])
         raw.setdefault("restarts", [])
+        raw.setdefault("handovers", [])
         results.append(FollowResult(**raw))
     return results
 

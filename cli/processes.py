@@ -8,6 +8,7 @@ import sys
 from shared.keys import EMBED_QUEUE
 
 API_APP = "api.app:create_app()"
+API_CONFIG = "python:api.gunicorn_conf"  # its hooks: api/handover.py
 
 
 def embed_worker(
@@ -23,9 +24,10 @@ def index_writer(python: str = sys.executable) -> list[str]:
 
 
 def api_server(bind: str, python: str = sys.executable) -> list[str]:
-    """One gunicorn process with threads: each process holds its own index replica."""
+    """One gunicorn process with threads: each process holds its own index replica (one worker,
+    and a second while it hands over to a new one, api/handover.py)."""
     argv = [python, "-m", "gunicorn", "--bind", bind, "--workers", "1", "--threads", "8"]
-    return [*argv, "--timeout", "120", API_APP]
+    return [*argv, "--timeout", "120", "--config", API_CONFIG, API_APP]
 
 
 def flower(host: str, port: int, python: str = sys.executable) -> list[str]:

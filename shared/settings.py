@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         "it serves requests (each load stalls its requests; 1: no limit, the default); idle, it "
         "loads each newer snapshot that is worth it at once. Lower only on a host of its own.",
     )
+    replica_handover: bool = Field(
+        True,
+        description="While it serves requests, a gunicorn API process of one worker moves onto a "
+        "newer snapshot by starting a new worker that loads it and takes over, instead of "
+        "loading it itself (a load holds Python's lock, stalling every request meanwhile).",
+    )
     replica_exact_items: int = Field(
         1024,
         ge=0,

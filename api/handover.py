@@ -1,0 +1,144 @@
+"""Handing an API process's serving over to a new gunicorn worker that loaded a newer snapshot.
+
+hnswlib loads a graph holding the GIL, so a replica that loads the writer's snapshot itself
+stalls every request of its process for the load (0.12 s at 20,000 items, 0.38 s at 60,000).
+Instead, while requests come, the worker asks gunicorn's master for one more worker (SIGTTIN)
+and goes on serving; the new worker loads the newest snapshot, follows the journal until it has
+caught up, and only then starts accepting connections and asks the master for one worker fewer
+(SIGTTOU): the master stops the oldest, which finishes the requests it holds. The two share the
+listening socket, so no connection waits for a load.
+
+They would share the cores meanwhile: the new worker's start, load and catch-up (1.5-2.5
+CPU-seconds at 50k items here) then slowed the queries more than the loads they replace
+(docs/benchmarks.md). So the new worker does all that at the idle scheduling priority
+(SCHED_IDLE: it runs only when nothing else wants the core) and returns to the normal one when it
+takes over; going back needs CAP_SYS_NICE (or RLIMIT_NICE of 20), and without it a replica loads
+its snapshots itself as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import resource
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+# The longest a new worker waits for its replica to catch up before it takes over anyway
+# (gunicorn kills a worker that has not started within its --timeout, 120 s).
+TAKE_OVER_WAIT = 60.0
+CAP_SYS_NICE = 23  # its bit in /proc/<pid>/status's CapEff
+
+
+def can_restore_priority(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether this process may go back from SCHED_IDLE to the normal scheduling policy."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False  # not Linux
+    if resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20:
+        return True
+    found = re.search(r"^CapEff:\s*([0-9a-f]+)$", status.read_text(), re.MULTILINE)
+    return found is not None and bool(int(found.group(1), 16) >> CAP_SYS_NICE & 1)
+
+
+def idle_priority(every_thread: bool = False) -> None:
+    """This thread (or every thread of the process), and the threads it starts later, run only
+    when a core has nothing else to do."""
+    _set_policy(os.SCHED_IDLE, every_thread)
+
+
+def normal_priority() -> None:
+    """Every thread of this process back on the normal policy."""
+    _set_policy(os.SCHED_OTHER, every_thread=True)
+
+
+def _set_policy(policy: int, every_thread: bool) -> None:
+    tasks = Path("/proc/self/task").iterdir() if every_thread else ()
+    for thread in [int(task.name) for task in tasks] or [0]:
+        try:
+            os.sched_setscheduler(thread, policy, os.sched_param(0))
+        except ProcessLookupError:
+            continue  # a thread that ended meanwhile
+
+
+class Handover:
+    """One gunicorn master's handovers; a file beside its workers says one was asked for."""
+
+    def __init__(self, master_pid: int, directory: Path | None = None) -> None:
+        self.master_pid = master_pid
+        folder = directory or Path(tempfile.gettempdir())
+        self.path = folder / f"lookalike-handover-{master_pid}"
+
+    def request(self) -> None:
+        """From the serving worker: have the master start a worker that takes over."""
+        self.path.write_text(str(os.getpid()))
+        os.kill(self.master_pid, signal.SIGTTIN)
+
+    def requested(self) -> bool:
+        return self.path.exists()
+
+    def take_over(self, settled: threading.Event, wait: float = TAKE_OVER_WAIT) -> float:
+        """From a new worker, before it accepts connections: wait until its replica has settled
+        (caught up with the journal, or waiting for the writer's next snapshot), then have the
+        master stop the oldest worker; the seconds waited."""
+        started = time.monotonic()
+        if not settled.wait(wait):
+            log.warning("replica: not caught up after %.0fs; taking over anyway", wait)
+        normal_priority()
+        self.path.unlink(missing_ok=True)
+        self.retire_oldest()
+        return time.monotonic() - started
+
+    def retire_oldest(self) -> None:
+        """One worker fewer: the master stops the oldest (with one worker it ignores this)."""
+        os.kill(self.master_pid, signal.SIGTTOU)
+
+
+def enabled(settings: Settings, workers: int) -> bool:
+    """Whether handovers replace loads: set so, one worker per gunicorn (more are the operator's
+    own: each loads in its own process), and the new worker's priority can be restored."""
+    return settings.replica_handover and workers == 1 and can_restore_priority()
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """gunicorn's hook, in a new worker before it loads the app: one started for a handover
+    starts at the idle priority."""
+    tmp = worker.cfg.worker_tmp_dir
+    if (
+        enabled(get_settings(), worker.cfg.workers)
+        and Handover(worker.ppid, Path(tmp) if tmp else None).requested()
+    ):
+        idle_priority()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """gunicorn's hook, in a worker that has answered its last request: what is left (freeing
+    its index, Python's teardown: 0.1-0.2 s of CPU at 50k items) must not slow the worker that
+    took over, which serves on the same cores from now on."""
+    if enabled(get_settings(), worker.cfg.workers):
+        idle_priority(every_thread=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    """gunicorn's hook (api/gunicorn_conf.py): a worker started for a handover takes over once
+    its replica has settled; any other starts serving at once (503 until its replica loads)."""
+    services = worker.wsgi.extensions["lookalike"]
+    replica = services.replica
+    if not enabled(services.settings, worker.cfg.workers):
+        return
+    tmp = worker.cfg.worker_tmp_dir
+    handover = Handover(worker.ppid, Path(tmp) if tmp else None)
+    replica.handover = handover
+    if handover.requested():
+        waited = handover.take_over(replica.settled)
+        log.info(
+            "replica took over from the previous worker: %d items at %s, ready in %.2fs",
+            len(replica.catalog), replica.catalog.position, waited,
+        )  # fmt: skip

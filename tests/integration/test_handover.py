@@ -1,0 +1,98 @@
+"""A gunicorn API process hands a newer snapshot over to a new worker while it is queried
+(api/handover.py): real redis-server, writer and gunicorn processes, real HTTP."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import requests
+
+from shared import keys
+from shared.journal import append, upsert_entry
+from shared.model_id import EMBEDDING_DIM
+from shared.records import ProductStore
+from tests.support.stack import Stack, wait_until
+
+MODEL = "resnet50-handover-test"
+
+
+def workers_of(master: int) -> list[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+def items_served(url: str) -> float:
+    found = re.search(r"^lookalike_index_items (\S+)$", requests.get(f"{url}/metrics").text, re.M)
+    return float(found.group(1)) if found else -1.0
+
+
+def journal(client: redis.Redis, first: int, count: int) -> None:
+    """count products, as an embed worker would leave them: journalled, recorded, listed."""
+    vectors = np.random.default_rng(first).standard_normal((count, EMBEDDING_DIM))
+    pipe = client.pipeline(transaction=False)
+    for n in range(count):
+        product_id = f"p{first + n}"
+        append(client, pipe, upsert_entry(product_id, vectors[n].astype(np.float32), MODEL, {}))
+        ProductStore.mark_indexed(pipe, product_id, {}, f"sha-{product_id}")
+        pipe.sadd(keys.PRODUCTS, product_id)
+    pipe.execute()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, weights_file) -> Iterator[Stack]:
+    stack = Stack(
+        tmp_path_factory.mktemp("handover"), weights_file,
+        snapshot_every=50, snapshot_interval=1, replica_exact_items=16,
+    )  # fmt: skip
+    stack.start_redis()
+    redis.Redis.from_url(stack.redis.url).set(keys.INDEX_MODEL, MODEL)
+    stack.start_writer()
+    stack.start_api()
+    yield stack
+    stack.stop_all()
+
+
+@pytest.fixture
+def queried(stack) -> Iterator[list[tuple[int, str]]]:
+    """A client asking for p0's neighbours every 20 ms over one kept-alive connection; the
+    status and error code of every answer that was not 200."""
+    url, failures, stop = stack.api_urls[-1], [], threading.Event()
+
+    def ask() -> None:
+        session = requests.Session()
+        while not stop.wait(0.02):
+            try:
+                answer = session.get(f"{url}/api/v1/products/p0/similar?k=5", timeout=30)
+            except requests.RequestException as exc:
+                failures.append((0, type(exc).__name__))
+                continue
+            if answer.status_code != 200:
+                failures.append((answer.status_code, answer.text))
+
+    client = threading.Thread(target=ask)
+    client.start()
+    yield failures
+    stop.set()
+    client.join()
+
+
+def test_a_queried_api_hands_newer_snapshots_over_to_a_new_worker_and_loses_nothing(stack, queried):
+    client = redis.Redis.from_url(stack.redis.url)
+    url, master = stack.api_urls[-1], stack.processes["api"].pid
+    journal(client, 0, 20)
+    wait_until(lambda: items_served(url) == 20, 30, "not served")
+    first = workers_of(master)
+    journal(client, 20, 400)  # the writer snapshots every 50; the replica's tail holds 16
+    wait_until(lambda: "replica took over" in stack.log("api"), 60, "no handover")
+    wait_until(lambda: len(workers_of(master)) == 1 and workers_of(master) != first, 30, "two")
+    wait_until(lambda: items_served(url) == 420, 30, "not all served")
+    for n in (0, 219, 419):
+        answer = requests.get(f"{url}/api/v1/products/p{n}/similar?k=5", timeout=10)
+        assert answer.status_code == 200, answer.text
+    assert queried == []
