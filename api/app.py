@@ -26,7 +26,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     # 1,024 rows, p99: 8.0 ms on two threads with the other core busy, 0.5 on one; p50 0.24 vs
     # 0.37 ms: bench/tail_scan.py, docs/benchmarks.md).
     threadpool_limits(1, user_api="blas")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # The process id tells a gunicorn worker's lines from those of the one it hands over to.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(message)s"
+    )
     app = Flask(__name__)
     # Room for the image and a form's other fields; the exact image limit is checked later.
     app.config["MAX_CONTENT_LENGTH"] = (

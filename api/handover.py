@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 # The longest a new worker waits for its replica to catch up before it takes over anyway
 # (gunicorn kills a worker that has not started within its --timeout, 120 s).
 TAKE_OVER_WAIT = 60.0
+# ... and the longest it loads at the idle priority: on a host whose cores are all busy (the
+# writer beside two replicas) it was starved, handovers took 15-23 s instead of 1-4, and the
+# serving worker meanwhile waited with its exact tail full.
+IDLE_AT_MOST = 5.0
 CAP_SYS_NICE = 23  # its bit in /proc/<pid>/status's CapEff
 
 
@@ -79,18 +83,28 @@ class Handover:
     def request(self) -> None:
         """From the serving worker: have the master start a worker that takes over."""
         self.path.write_text(str(os.getpid()))
-        os.kill(self.master_pid, signal.SIGTTIN)
+        try:
+            os.kill(self.master_pid, signal.SIGTTIN)
+        except OSError:
+            self.path.unlink(missing_ok=True)  # no worker will come to take it
+            raise
 
     def requested(self) -> bool:
         return self.path.exists()
 
-    def take_over(self, settled: threading.Event, wait: float = TAKE_OVER_WAIT) -> float:
+    def take_over(
+        self, settled: threading.Event, wait: float = TAKE_OVER_WAIT, idle: float = IDLE_AT_MOST
+    ) -> float:
         """From a new worker, before it accepts connections: wait until its replica has settled
-        (caught up with the journal, or waiting for the writer's next snapshot), then have the
-        master stop the oldest worker; the seconds waited."""
+        (caught up with the journal, or waiting for the writer's next snapshot), at the normal
+        priority after `idle` seconds, then have the master stop the oldest worker; the seconds
+        waited."""
         started = time.monotonic()
-        if not settled.wait(wait):
-            log.warning("replica: not caught up after %.0fs; taking over anyway", wait)
+        if not settled.wait(min(idle, wait)):
+            log.info("replica: still loading after %.0fs; going on at the normal priority", idle)
+            normal_priority()
+            if not settled.wait(max(0.0, wait - idle)):
+                log.warning("replica: not caught up after %.0fs; taking over anyway", wait)
         normal_priority()
         self.path.unlink(missing_ok=True)
         self.retire_oldest()
@@ -137,7 +151,11 @@ def post_worker_init(worker: Any) -> None:
     handover = Handover(worker.ppid, Path(tmp) if tmp else None)
     replica.handover = handover
     if handover.requested():
-        waited = handover.take_over(replica.settled)
+        try:
+            waited = handover.take_over(replica.settled)
+        except OSError:  # a hook that raises would stop gunicorn: serve, and say why not
+            log.exception("replica: the handover failed; this worker serves as it is")
+            return
         log.info(
             "replica took over from the previous worker: %d items at %s, ready in %.2fs",
             len(replica.catalog), replica.catalog.position, waited,

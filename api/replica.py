@@ -250,8 +250,13 @@ class Replica:
             return True  # on its way; or just took over (its note gone) and this one stops
         if self.handover.requested():
             return False  # asked long ago and still not up: load here meanwhile
+        try:
+            self.handover.request()
+        except OSError as exc:  # no note, or no master to signal: load here from now on
+            log.warning("replica: cannot hand over (%s); loading snapshots in place", exc)
+            self.handover = None
+            return False
         self._handover_asked = time.monotonic()
-        self.handover.request()
         log.info("replica: handing over to a new worker for snapshot %s", snapshot.name)
         return True
 

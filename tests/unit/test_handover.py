@@ -213,3 +213,46 @@ def test_a_handover_needs_the_right_to_raise_the_priority_again(tmp_path, capabi
     status = tmp_path / "status"
     status.write_text(f"Name:\tpython\nCapInh:\t0000000000000000\nCapEff:\t{capabilities}\n")
     assert can_restore_priority(status) is restorable
+
+
+@pytest.mark.parametrize("fault", ["no folder for the note", "no master"])
+def test_a_replica_that_cannot_hand_over_loads_in_place_from_then_on(
+    redis_client, queried_settings, master, tmp_path, fault
+):
+    folder, pid = tmp_path, master.pid
+    if fault == "no folder for the note":
+        folder = tmp_path / "missing"
+    else:
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        pid = gone.pid  # waited for: no such process any more
+    with on_a_first_snapshot(redis_client, queried_settings) as (replica, writer, store):
+        replica.handover = Handover(pid, folder)
+        with requests_coming(replica):
+            second = second_snapshot(redis_client, writer, store)
+            wait_until(lambda: replica.catalog.base_position == second, 10, "no load")
+        assert replica.handover is None and not Handover(pid, folder).requested()
+
+
+def test_a_new_worker_still_loading_after_its_idle_time_goes_on_at_the_normal_priority(handover):
+    """On a host whose cores are all busy the idle priority starves it."""
+
+    def work(seen) -> None:
+        idle_priority()
+        settled, me = threading.Event(), threading.get_native_id()
+
+        def look_then_settle() -> None:
+            time.sleep(0.5)
+            found["while still loading"] = os.sched_getscheduler(me)
+            settled.set()
+
+        found: dict[str, int] = {}
+        watcher = threading.Thread(target=look_then_settle)
+        watcher.start()
+        waited = handover.take_over(settled, wait=5, idle=0.2)
+        watcher.join()
+        # Checked here, in the thread: seen only if it holds.
+        if found == {"while still loading": os.SCHED_OTHER} and 0.45 < waited < 5:
+            seen("taken over")
+
+    assert policies_seen(work) == {"taken over": os.SCHED_OTHER}
