@@ -8,9 +8,9 @@ caught up, and only then starts accepting connections and asks the master for on
 (SIGTTOU): the master stops the oldest, which finishes the requests it holds. The two share the
 listening socket, so no connection waits for a load.
 
-They would share the cores meanwhile: the new worker's start, load and catch-up (1.5-2.5
-CPU-seconds at 50k items here) then slowed the queries more than the loads they replace
-(docs/benchmarks.md). So the new worker does all that at the idle scheduling priority
+They would share the cores meanwhile: at the normal priority the new worker's start, load and
+catch-up slowed the queries more than the loads they replace (p99 2.9 s against 0.75 s during a
+50k import, docs/benchmarks.md). So the new worker does all that at the idle scheduling priority
 (SCHED_IDLE: it runs only when nothing else wants the core) and returns to the normal one when it
 takes over; going back needs CAP_SYS_NICE (or RLIMIT_NICE of 20), and without it a replica loads
 its snapshots itself as before.
@@ -64,8 +64,10 @@ def normal_priority() -> None:
 
 
 def _set_policy(policy: int, every_thread: bool) -> None:
-    tasks = Path("/proc/self/task").iterdir() if every_thread else ()
-    for thread in [int(task.name) for task in tasks] or [0]:
+    threads = [0]  # the calling thread
+    if every_thread:
+        threads = [int(task.name) for task in Path("/proc/self/task").iterdir()]
+    for thread in threads:
         try:
             os.sched_setscheduler(thread, policy, os.sched_param(0))
         except ProcessLookupError:
@@ -79,6 +81,12 @@ class Handover:
         self.master_pid = master_pid
         folder = directory or Path(tempfile.gettempdir())
         self.path = folder / f"lookalike-handover-{master_pid}"
+
+    @classmethod
+    def of(cls, worker: Any) -> Handover:
+        """The handovers of a gunicorn worker's master, noted beside its workers."""
+        tmp = worker.cfg.worker_tmp_dir
+        return cls(worker.ppid, Path(tmp) if tmp else None)
 
     def request(self) -> None:
         """From the serving worker: have the master start a worker that takes over."""
@@ -124,18 +132,14 @@ def enabled(settings: Settings, workers: int) -> bool:
 def post_fork(server: Any, worker: Any) -> None:
     """gunicorn's hook, in a new worker before it loads the app: one started for a handover
     starts at the idle priority."""
-    tmp = worker.cfg.worker_tmp_dir
-    if (
-        enabled(get_settings(), worker.cfg.workers)
-        and Handover(worker.ppid, Path(tmp) if tmp else None).requested()
-    ):
+    if enabled(get_settings(), worker.cfg.workers) and Handover.of(worker).requested():
         idle_priority()
 
 
 def worker_exit(server: Any, worker: Any) -> None:
     """gunicorn's hook, in a worker that has answered its last request: what is left (freeing
-    its index, Python's teardown: 0.1-0.2 s of CPU at 50k items) must not slow the worker that
-    took over, which serves on the same cores from now on."""
+    its index, Python's teardown) must not slow the worker that took over, which serves on the
+    same cores from now on."""
     if enabled(get_settings(), worker.cfg.workers):
         idle_priority(every_thread=True)
 
@@ -147,9 +151,7 @@ def post_worker_init(worker: Any) -> None:
     replica = services.replica
     if not enabled(services.settings, worker.cfg.workers):
         return
-    tmp = worker.cfg.worker_tmp_dir
-    handover = Handover(worker.ppid, Path(tmp) if tmp else None)
-    replica.handover = handover
+    replica.handover = handover = Handover.of(worker)
     if handover.requested():
         try:
             waited = handover.take_over(replica.settled)

@@ -84,6 +84,7 @@ STAMPED_HANDOVER_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*replica(: handing over| took over)",
     re.MULTILINE,
 )
+TOOK_OVER = "replica took over from the previous worker"
 Spans = list[tuple[float, float]]
 
 
@@ -382,9 +383,8 @@ class FollowRun(QueriedStack):
         out.rebases.append((len(found), sum(float(f[2]) for f in found)))
         out.reloads.append(len(RELOAD_LINE.findall(text)))
         whole = api.log.read_text(errors="replace")
-        handovers = whole.count("replica took over from the previous worker")
-        out.handovers.append(text.count("replica took over from the previous worker"))
-        out.restarts.append(whole.count("Booting worker") - 1 - handovers)
+        out.handovers.append(text.count(TOOK_OVER))
+        out.restarts.append(whole.count("Booting worker") - 1 - whole.count(TOOK_OVER))
         # A handover's new worker loads beside the one serving: its span counts as a rebase's.
         rebases = rebase_spans(text, wall_minus_monotonic)
         rebases = sorted(rebases + handover_spans(text, wall_minus_monotonic))

@@ -83,12 +83,12 @@ class Reindex:
             # Posts go on meanwhile, each bringing its product to this generation by a task of
             # its own: a second pass follows those posted during the first (they were counted
             # in the total) and sends what still lacks; posts after it are not waited for.
-            sent: set[str] = set()
+            tried: set[str] = set()
             for _ in range(2):
                 for product_id in self._missing():
-                    if product_id in sent:
+                    if product_id in tried:
                         continue  # failed once in this run: reported, not sent again
-                    sent.add(product_id)
+                    tried.add(product_id)
                     self._send(product_id)
                     self._update(state, bar)
                     self._wait_for_room()
