@@ -22,6 +22,7 @@ from shared.errors import (
     ModelMismatch,
     SnapshotError,
 )
+from shared.hnsw_file import open_index, read_checked
 from shared.rwlock import RWLock
 
 if TYPE_CHECKING:
@@ -566,14 +567,12 @@ class VectorIndex:
                 f"snapshot was built with model {parsed.model_id}, this process uses {model_id}"
             )
         path = Path(folder) / parsed.index_file
-        verify_file(path, parsed.index_bytes, parsed.index_sha256)
-        index = hnswlib.Index(space=SPACE, dim=parsed.dim)
+        content = read_checked(path, parsed.index_bytes, parsed.index_sha256)
         try:
-            index.load_index(
-                str(path), max_elements=parsed.max_elements, allow_replace_deleted=True
-            )
-        except RuntimeError as exc:
+            index = open_index(content, SPACE, parsed.dim, parsed.max_elements)
+        except ValueError as exc:
             raise SnapshotError(f"snapshot index file {path} cannot be loaded: {exc}") from exc
+        del content  # as large as the index: freed before the caller goes on
         if index.element_count < len(parsed.labels):
             raise SnapshotError(f"snapshot index file {path} holds fewer items than its manifest")
         opened = cls.__new__(cls)
