@@ -289,9 +289,17 @@ class Replica:
     def _restore(self, store: SnapshotStore, serving: bool = True) -> tuple[Catalog, Loaded]:
         """A catalog served at once waits for lulls in the queries as it follows; one that
         catches up first does not (no query waits for its lock), but both keep to the share of
-        a core that following may take while requests come."""
+        a core that following may take while requests come. A load that no request of this
+        process waits on (a handover's new worker's, an idle replica's) is read in short reads,
+        which stall no other process on its CPU (shared/hnsw_file.py); one beside this
+        process's requests with hnswlib's loader: with short reads, /similar p99 during a 50k
+        import loading in place was 485 and 620 ms against 120 (pinned, bench/follow.py; in
+        isolation both loaders held the GIL about 150 ms at 40k items, so why is not known)."""
         pause = self.traffic.lull if serving else self.traffic.pace
-        restored = Catalog.restore(self.settings, store, layered=True, pause=pause)
+        quiet = not self.traffic.queried_within(QUERIED)
+        restored = Catalog.restore(
+            self.settings, store, layered=True, pause=pause, short_reads=quiet
+        )
         # A loaded catalog is long-lived, and each full collection of Python's cyclic collector
         # walked its objects holding the GIL: every query of the process waited (15-71 ms a
         # collection at 50k items, 11 during a bulk import). Frozen, the collector skips what is

@@ -62,10 +62,12 @@ class Catalog:
         store: SnapshotStore,
         layered: bool = False,
         pause: Callable[[], object] | None = None,
+        short_reads: bool = False,
     ) -> tuple[Catalog, Loaded]:
         """The catalog of the newest snapshot that loads (empty when none does), and how the
-        snapshots fared: the caller applies the journal after catalog.position."""
-        loaded = store.load_newest(ef_search=settings.hnsw_ef_search)
+        snapshots fared: the caller applies the journal after catalog.position (short_reads:
+        see VectorIndex.load)."""
+        loaded = store.load_newest(ef_search=settings.hnsw_ef_search, short_reads=short_reads)
         return cls(settings, loaded.index, layered, pause), loaded
 
     @property

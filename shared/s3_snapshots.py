@@ -111,11 +111,13 @@ class S3SnapshotStore(SnapshotStore):
         ]
         return sorted(found, key=lambda snap: position_key(snap.position), reverse=True)
 
-    def _open(self, snapshot: Snapshot, model_id: str | None, ef_search: int) -> VectorIndex:
+    def _open(
+        self, snapshot: Snapshot, model_id: str | None, ef_search: int, short_reads: bool
+    ) -> VectorIndex:
         reply = self.s3.get_object(Bucket=self.bucket, Key=self._key(snapshot.name, MANIFEST))
         manifest = json.loads(reply["Body"].read())
         self._fetch(snapshot, manifest)
-        return VectorIndex.load(snapshot.folder, manifest, model_id, ef_search)
+        return VectorIndex.load(snapshot.folder, manifest, model_id, ef_search, short_reads)
 
     def _fetch(self, snapshot: Snapshot, manifest: dict[str, Any]) -> None:
         """This host's copy of the index file: kept if it matches the manifest, else fetched."""
@@ -158,9 +160,11 @@ class S3SnapshotStore(SnapshotStore):
             keys = [{"Key": self._key(name, file)} for file in files]
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
 
-    def load_newest(self, model_id: str | None = None, ef_search: int = 64) -> Loaded:
+    def load_newest(
+        self, model_id: str | None = None, ef_search: int = 64, short_reads: bool = False
+    ) -> Loaded:
         """As for a directory; then this host's copies of other snapshots are dropped."""
-        loaded = super().load_newest(model_id, ef_search)
+        loaded = super().load_newest(model_id, ef_search, short_reads)
         keep = {loaded.snapshot.name} if loaded.snapshot else set()
         if self.root.is_dir():
             for folder in self.root.iterdir():

@@ -101,12 +101,15 @@ class SnapshotStore:
         ]
         return sorted(found, key=lambda snap: position_key(snap.position), reverse=True)
 
-    def load_newest(self, model_id: str | None = None, ef_search: int = 64) -> Loaded:
-        """The newest snapshot that verifies and loads; the reasons newer ones were refused."""
+    def load_newest(
+        self, model_id: str | None = None, ef_search: int = 64, short_reads: bool = False
+    ) -> Loaded:
+        """The newest snapshot that verifies and loads; the reasons newer ones were refused
+        (short_reads: see VectorIndex.load)."""
         refused: list[str] = []
         for snapshot in self.snapshots():
             try:
-                index = self._open(snapshot, model_id, ef_search)
+                index = self._open(snapshot, model_id, ef_search, short_reads)
             except (OSError, ValueError, SnapshotError) as exc:
                 reason = f"snapshot {snapshot.name} refused: {exc}"
                 log.error("%s; trying an older one", reason)
@@ -115,9 +118,11 @@ class SnapshotStore:
             return Loaded(index, snapshot, refused)
         return Loaded(None, None, refused)
 
-    def _open(self, snapshot: Snapshot, model_id: str | None, ef_search: int) -> VectorIndex:
+    def _open(
+        self, snapshot: Snapshot, model_id: str | None, ef_search: int, short_reads: bool
+    ) -> VectorIndex:
         manifest = json.loads((snapshot.folder / MANIFEST).read_bytes())
-        return VectorIndex.load(snapshot.folder, manifest, model_id, ef_search)
+        return VectorIndex.load(snapshot.folder, manifest, model_id, ef_search, short_reads)
 
     def kept_from(self) -> str | None:
         """The journal position the journal must be kept back to (None: keep all of it).

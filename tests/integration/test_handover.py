@@ -8,15 +8,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 import requests
 
 from shared import keys
-from shared.journal import append, upsert_entry
-from shared.model_id import EMBEDDING_DIM
-from shared.records import ProductStore
+from tests.support.replica import journal
 from tests.support.stack import Stack, wait_until
 
 MODEL = "resnet50-handover-test"
@@ -30,18 +27,6 @@ def workers_of(master: int) -> list[int]:
 def items_served(url: str) -> float:
     found = re.search(r"^lookalike_index_items (\S+)$", requests.get(f"{url}/metrics").text, re.M)
     return float(found.group(1)) if found else -1.0
-
-
-def journal(client: redis.Redis, first: int, count: int) -> None:
-    """count products, as an embed worker would leave them: journalled, recorded, listed."""
-    vectors = np.random.default_rng(first).standard_normal((count, EMBEDDING_DIM))
-    pipe = client.pipeline(transaction=False)
-    for n in range(count):
-        product_id = f"p{first + n}"
-        append(client, pipe, upsert_entry(product_id, vectors[n].astype(np.float32), MODEL, {}))
-        ProductStore.mark_indexed(pipe, product_id, {}, f"sha-{product_id}")
-        pipe.sadd(keys.PRODUCTS, product_id)
-    pipe.execute()
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +70,12 @@ def queried(stack) -> Iterator[list[tuple[int, str]]]:
 def test_a_queried_api_hands_newer_snapshots_over_to_a_new_worker_and_loses_nothing(stack, queried):
     client = redis.Redis.from_url(stack.redis.url)
     url, master = stack.api_urls[-1], stack.processes["api"].pid
-    journal(client, 0, 20)
+    journal(client, 0, 20, MODEL, recorded=True)
     wait_until(lambda: items_served(url) == 20, 30, "not served")
     first = workers_of(master)
-    journal(client, 20, 400)  # the writer snapshots every 50; the replica's tail holds 16
+    journal(
+        client, 20, 400, MODEL, recorded=True
+    )  # the writer snapshots every 50; the replica's tail holds 16
     wait_until(lambda: "replica took over" in stack.log("api"), 60, "no handover")
     wait_until(lambda: len(workers_of(master)) == 1 and workers_of(master) != first, 30, "two")
     wait_until(lambda: items_served(url) == 420, 30, "not all served")

@@ -19,8 +19,8 @@ import redis
 from api.handover import Handover, can_restore_priority, idle_priority
 from shared.follower import read_after
 from shared.settings import Settings
+from tests.support.replica import journal, on_a_first_snapshot, requests_coming
 from tests.support.stack import wait_until
-from tests.unit.test_layered import journal, on_a_first_snapshot, requests_coming
 
 RECORDER = """
 import signal, sys, time

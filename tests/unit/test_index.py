@@ -235,14 +235,15 @@ def test_mismatched_id_count_and_bad_k_are_refused():
         index.delete("abc")
 
 
-def test_save_load_round_trip(filled, tmp_path: Path, rng):
+@pytest.mark.parametrize("short_reads", [False, True])
+def test_save_load_round_trip(filled, tmp_path: Path, rng, short_reads):
     index, ids, vectors = filled
     index.delete(ids[:20])
     extra = {"metadata": {"p21": {"gender": "Women"}}}
     manifest = index.save(tmp_path, journal_position="1700000000000-5", extra=extra)
     assert manifest["index_file"] == INDEX_FILE
     assert manifest["index_bytes"] == (tmp_path / INDEX_FILE).stat().st_size
-    loaded = VectorIndex.load(tmp_path, manifest, model_id=MODEL, ef_search=64)
+    loaded = VectorIndex.load(tmp_path, manifest, MODEL, 64, short_reads)
     assert loaded.journal_position == "1700000000000-5"
     assert loaded.extra == extra
     assert loaded.model_id == MODEL
@@ -259,12 +260,13 @@ def test_save_load_round_trip(filled, tmp_path: Path, rng):
     assert len(loaded) == 481
 
 
+@pytest.mark.parametrize("short_reads", [False, True])
 @pytest.mark.parametrize("how", HOW)
-def test_load_refuses_a_damaged_index_file(filled, tmp_path: Path, how):
+def test_load_refuses_a_damaged_index_file(filled, tmp_path: Path, how, short_reads):
     manifest = filled[0].save(tmp_path)
     message = damage(tmp_path / INDEX_FILE, how)
     with pytest.raises(SnapshotError) as raised:
-        VectorIndex.load(tmp_path, manifest)
+        VectorIndex.load(tmp_path, manifest, short_reads=short_reads)
     assert str(raised.value) == message
 
 

@@ -9,20 +9,20 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
 
-from api.replica import JOURNAL_READ, WAIT_BACKLOG, Replica, next_load_at
+from api.replica import JOURNAL_READ, QUERIED, WAIT_BACKLOG, Replica, next_load_at
+from shared import index as index_module
 from shared import keys
 from shared.catalog import Catalog
 from shared.errors import DimensionMismatch, InvalidVector
 from shared.follower import catch_up, catch_up_unbroken, read_after, trim_before
 from shared.index import INDEX_FILE, Projection, VectorIndex
-from shared.journal import START, JournalEntry, append, delete_entry, upsert_entry
+from shared.journal import START, JournalEntry, delete_entry
 from shared.layered import (
     OVERLAY_EF_CONSTRUCTION,
     TAIL_CHUNK,
@@ -32,9 +32,10 @@ from shared.layered import (
 from shared.model_id import EMBEDDING_DIM
 from shared.settings import Settings
 from shared.snapshots import SnapshotStore
+from tests.support.replica import MODEL, clustered, journal, on_a_first_snapshot, requests_coming
 from tests.support.stack import wait_until
 
-DIM, MODEL = 64, "resnet50-test"
+DIM = 64
 # Where later changes go: all into the exact tail, all into the small graph, or split (the
 # tail's room runs out part-way).
 PARTS = {"exact tail": 1024, "small graph": 0, "split": 25}
@@ -42,9 +43,7 @@ IN_GRAPH = Settings(replica_exact_items=0)
 
 
 def vectors(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
-    centres = np.abs(np.random.default_rng(99).normal(size=(8, dim)))
-    rng = np.random.default_rng(seed)
-    return (centres[rng.integers(0, 8, n)] + 0.3 * rng.random((n, dim))).astype(np.float32)
+    return clustered(n, seed, dim)
 
 
 @pytest.fixture
@@ -207,14 +206,6 @@ def client(redis_server) -> redis.Redis:
     return client
 
 
-def journal(client: redis.Redis, first: int, count: int) -> None:
-    pipe = client.pipeline()
-    data = vectors(count, seed=first, dim=EMBEDDING_DIM)
-    for n in range(count):
-        append(client, pipe, upsert_entry(f"p{first + n}", data[n], MODEL, {}))
-    pipe.execute()
-
-
 def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_graph(
     client, redis_server, tmp_path, monkeypatch
 ):
@@ -244,6 +235,53 @@ def test_a_replica_moves_onto_a_newer_snapshot_instead_of_growing_its_small_grap
         replica.stop()
 
 
+def test_a_replica_loads_in_short_reads_unless_its_own_requests_wait(
+    client, redis_server, tmp_path, monkeypatch
+):
+    """A load no request of the process waits on (the first, an idle replica's): short reads,
+    which stall no other process on the CPU; one while requests come: hnswlib's loader."""
+    monkeypatch.setattr("api.replica.REBASE", 0.0)
+    loads: list[str] = []
+    for name, how in (("_read_short", "short reads"), ("verify_file", "hnswlib")):
+        real = getattr(index_module, name)
+        monkeypatch.setattr(index_module, name, recording(real, how, loads))
+    settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
+    store, writer = SnapshotStore(tmp_path / "index"), Catalog(settings)
+
+    def snapshot_of(count: int) -> str:
+        """count more items journalled, then a snapshot of all; its position."""
+        journal(client, len(writer), count)
+        writer.apply(read_after(client, writer.position or START, block_ms=None))
+        saved = writer.save(store)
+        assert saved is not None
+        return saved.position
+
+    snapshot_of(50)
+    replica = Replica(settings, client).start()
+    try:
+        wait_until(replica.loaded.is_set, 10, "no first load")
+        with requests_coming(replica):
+            position = snapshot_of(10)
+            wait_until(lambda: replica.catalog.base_position == position, 10, "no rebase")
+        time.sleep(QUERIED)
+        position = snapshot_of(10)
+        wait_until(lambda: replica.catalog.base_position == position, 10, "no idle rebase")
+    finally:
+        replica.stop()
+    assert loads == ["short reads", "hnswlib", "short reads"]
+    assert len(replica.catalog) == 70
+
+
+def recording(function: Any, name: str, calls: list[str]) -> Any:
+    """function, appending name to calls at each call."""
+
+    def recorded(*args: Any) -> Any:
+        calls.append(name)
+        return function(*args)
+
+    return recorded
+
+
 @pytest.mark.parametrize(
     ("seconds", "share", "gap"),
     [(0.5, 0.02, 24.5), (0.5, 1.0, 0.0), (18.0, 0.02, 882.0), (0.01, 0.5, 0.01)],
@@ -252,44 +290,6 @@ def test_a_load_paced_by_its_share_leaves_the_rest_of_the_time_to_the_queries(se
     waits = next_load_at(seconds, share) - time.monotonic()
     assert waits == pytest.approx(gap, abs=0.01)
     assert seconds / (seconds + max(waits, 0.0)) == pytest.approx(share, rel=0.02)
-
-
-@contextmanager
-def on_a_first_snapshot(
-    client: redis.Redis, settings: Settings
-) -> Iterator[tuple[Replica, Catalog, SnapshotStore]]:
-    """A replica that has loaded the writer's first snapshot (50 items); the writer, its store."""
-    store, writer = SnapshotStore(settings.data_dir / "index"), Catalog(settings)
-    replica = Replica(settings, client).start()
-    try:
-        journal(client, 0, 50)
-        writer.apply(read_after(client, START, block_ms=None))
-        first = writer.save(store)
-        assert first is not None
-        wait_until(lambda: replica.catalog.base_position == first.position, 10, "no first load")
-        yield replica, writer, store
-    finally:
-        replica.stop()
-
-
-@contextmanager
-def requests_coming(replica: Replica) -> Iterator[threading.Event]:
-    """Requests through the replica's traffic counter, one every 20 ms, until the event yielded
-    is set or the block ends."""
-    stop = threading.Event()
-    counted = replica.traffic.middleware(lambda environ, start_response: [b""])
-
-    def send() -> None:
-        while not stop.wait(0.02):
-            list(counted({}, lambda *args: None))
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    try:
-        yield stop
-    finally:
-        stop.set()
-        sender.join()
 
 
 @pytest.mark.parametrize("share", [1.0, 1e-6])
