@@ -63,6 +63,35 @@ def test_similar_of_a_product_not_yet_indexed_is_409(client):
     }
 
 
+def product_reads(redis_server) -> int:
+    """HGETALLs Redis has answered: each read of a product's record is one."""
+    stats = redis.Redis.from_url(redis_server.url).info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize(
+    ("product_id", "status", "message", "reads"),
+    [
+        ("0", 200, None, 0),
+        ("shirt-3", 409, "product shirt-3 is not indexed yet", 1),
+        ("nobody", 404, "unknown product nobody", 1),
+    ],
+)
+def test_similar_asks_redis_only_of_a_product_the_replica_does_not_hold(
+    app, client, redis_server, product_id, status, message, reads
+):
+    journal(app, 3)
+    post(client, product_id="shirt-3")
+    before = product_reads(redis_server)
+    for etag in (None, "*"):  # a search, and a revalidation
+        headers = {"If-None-Match": etag} if etag else {}
+        response = client.get(f"/api/v1/products/{product_id}/similar?k=2", headers=headers)
+        assert response.status_code == (304 if etag and status == 200 else status)
+        if message:
+            assert error_of(response)["message"] == message
+    assert product_reads(redis_server) - before == 2 * reads
+
+
 @pytest.mark.parametrize(
     ("form", "image", "status", "code", "message"),
     [
