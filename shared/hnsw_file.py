@@ -2,10 +2,12 @@
 
 hnswlib's own load_index reads the graph with one read() of the whole level-0 block, which the
 kernel does not break up: a snapshot load at the idle priority (a handover's new worker,
-api/handover.py) stalled the serving worker on the same CPU 22 ms a wake-up (p99, 40k items),
-0.19 ms read here (bench/load_stall.py). The file is read in READ_CHUNK pieces, checked against
+api/handover.py) stalled the serving worker on the same CPU 23 ms a wake-up (p99, 40k items),
+0.6 ms read here (bench/load_stall.py). The file is read in READ_CHUNK pieces, checked against
 its manifest's sha256 as it is read (one pass instead of two), and handed to hnswlib's pickle
 state (Index.__setstate__), which builds the same index as load_index (tested field by field).
+It takes about twice load_index's time and, for a moment, the file's size in memory beside the
+index: used for loads that no request of their own process waits on (api/replica.py).
 The file's layout is hnswlib 0.8's HierarchicalNSW::saveIndex.
 """
 

@@ -34,10 +34,10 @@ def clustered(n: int, seed: int = 0, dim: int = EMBEDDING_DIM) -> np.ndarray:
 def journal(
     client: redis.Redis, first: int, count: int, model: str = MODEL, recorded: bool = False
 ) -> None:
-    """Products p<first>.. journalled as embed workers do; recorded: their records and the
-    product list too, as the API then finds them."""
+    """Products p<first>.. journalled as embed workers do, all at once; recorded: their records
+    and the product list too, as the API then finds them."""
     data = clustered(count, seed=first)
-    pipe = client.pipeline(transaction=False)
+    pipe = client.pipeline()  # one transaction: a replica sees the burst whole, never a part
     for n in range(count):
         product_id = f"p{first + n}"
         append(client, pipe, upsert_entry(product_id, data[n], model, {}))
