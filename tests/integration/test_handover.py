@@ -45,9 +45,12 @@ def stack(tmp_path_factory, weights_file) -> Iterator[Stack]:
 
 @pytest.fixture
 def queried(stack) -> Iterator[list[tuple[int, str]]]:
-    """A client asking for p0's neighbours every 20 ms over one kept-alive connection; the
-    status and error code of every answer that was not 200."""
+    """Once the first 20 products are served, a client asking for p0's neighbours every 20 ms
+    over one kept-alive connection; the status and error code of every answer that was not
+    200 (before p0 is served, a 404 or 409 would be right: it did not ask then)."""
     url, failures, stop = stack.api_urls[-1], [], threading.Event()
+    journal(redis.Redis.from_url(stack.redis.url), 0, 20, MODEL, recorded=True)
+    wait_until(lambda: items_served(url) == 20, 30, "not served")
 
     def ask() -> None:
         session = requests.Session()
@@ -70,12 +73,9 @@ def queried(stack) -> Iterator[list[tuple[int, str]]]:
 def test_a_queried_api_hands_newer_snapshots_over_to_a_new_worker_and_loses_nothing(stack, queried):
     client = redis.Redis.from_url(stack.redis.url)
     url, master = stack.api_urls[-1], stack.processes["api"].pid
-    journal(client, 0, 20, MODEL, recorded=True)
-    wait_until(lambda: items_served(url) == 20, 30, "not served")
     first = workers_of(master)
-    journal(
-        client, 20, 400, MODEL, recorded=True
-    )  # the writer snapshots every 50; the replica's tail holds 16
+    # the writer snapshots every 50; the replica's tail holds 16
+    journal(client, 20, 400, MODEL, recorded=True)
     wait_until(lambda: "replica took over" in stack.log("api"), 60, "no handover")
     wait_until(lambda: len(workers_of(master)) == 1 and workers_of(master) != first, 30, "two")
     wait_until(lambda: items_served(url) == 420, 30, "not all served")
