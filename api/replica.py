@@ -294,7 +294,8 @@ class Replica:
         which stall no other process on its CPU (shared/hnsw_file.py); one beside this
         process's requests with hnswlib's loader: with short reads, /similar p99 during a 50k
         import loading in place was 485 and 620 ms against 120 (pinned, bench/follow.py; in
-        isolation both loaders held the GIL about 150 ms at 40k items, so why is not known)."""
+        isolation both loaders hold the GIL for at most 148-161 ms at 40k items,
+        bench/load_stall.py, so why is not known)."""
         pause = self.traffic.lull if serving else self.traffic.pace
         quiet = not self.traffic.queried_within(QUERIED)
         restored = Catalog.restore(

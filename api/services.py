@@ -19,6 +19,7 @@ from werkzeug.datastructures import ETags
 from api.errors import INDEX_LOADING, IndexLoading, NotFound, NotIndexed, Overloaded, Unavailable
 from api.replica import Replica
 from shared import keys
+from shared.catalog import Catalog
 from shared.errors import LookalikeError, ModelMismatch
 from shared.follower import lag_seconds, read_after, trimmed_past
 from shared.journal import START, delete_entry
@@ -170,7 +171,7 @@ class Services:
             catalog = self.replica.catalog
             if product_id not in catalog:
                 raise
-            return {"product_id": product_id, "metadata": catalog.metadata.get(product_id, {})}
+            return held(catalog, product_id)
 
     def similar(
         self, product_id: str, k: int, filters: dict[str, str]
@@ -187,7 +188,7 @@ class Services:
         except KeyError:
             self.known_product(product_id)
             raise NotIndexed(f"product {product_id} is not indexed yet") from None
-        return {"product_id": product_id, "metadata": catalog.metadata.get(product_id, {})}, results
+        return held(catalog, product_id), results
 
     def similar_etag(
         self, product_id: str, k: int, filters: Mapping[str, str], if_none_match: ETags
@@ -465,3 +466,8 @@ class Services:
 
 def _int(raw: bytes | None) -> int | None:
     return None if raw is None else int(raw)
+
+
+def held(catalog: Catalog, product_id: str) -> dict[str, Any]:
+    """What a replica's catalog holds of a product (its id and metadata)."""
+    return {"product_id": product_id, "metadata": catalog.metadata.get(product_id, {})}

@@ -4,9 +4,14 @@ A handover's new worker loads at SCHED_IDLE beside the serving worker (api/hando
 bench runs, on one CPU: a watcher at the normal priority that sleeps 5 ms and works ~1 ms in a
 loop, recording how late each wake-up is, while a SCHED_IDLE process does one thing: nothing,
 spin 1 s, fill fresh memory the size of the index file, read() the file (from the page cache)
-into fresh or into touched memory, hnswlib's load_index of it, or our loader's (shared/hnsw_file.py:
-reads of a MiB, then hnswlib's pickle state). Prints the watcher's lateness (p99, max) per case
-and against the idle case, and each load's seconds; measured in the same run.
+into fresh or into touched memory, or load it as shared/index.py does: the sha256 check, then
+hnswlib's load_index; or in short reads (shared/hnsw_file.py: reads of a MiB, hashed as read,
+then hnswlib's pickle state). Prints the watcher's lateness (p99, max) per case and against the
+idle case, and each case's seconds; measured in the same run.
+
+Then, for the two loaders, what a load costs the other threads of its own process (a thread
+sleeping 1 ms in a loop, on the same CPU): the longest and the p99 wait past its 1 ms, which is
+the loader holding the GIL.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,11 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from shared.hnsw_file import open_index, read_checked
+from shared.hnsw_file import open_index, read_checked, verify_file
 
 DIM = 2048
-CASES = ["none", "spin", "fill", "read", "read into touched memory", "load_index", "short reads"]
+LOADERS = ["hash + load_index", "short reads"]
+CASES = ["none", "spin", "fill", "read", "read into touched memory", *LOADERS]
 
 
 def build(path: Path, items: int) -> None:
@@ -68,11 +75,42 @@ def work(cpu: int, case: str, path: Path, digest: str, took: Any) -> None:
         buffer = np.ones(size, np.uint8) if "touched" in case else np.empty(size, np.uint8)
         with path.open("rb", buffering=0) as file:
             file.readinto(buffer.data)
-    elif case == "load_index":
-        hnswlib.Index("cosine", DIM).load_index(str(path))
-    elif case == "short reads":
-        open_index(read_checked(path, size, digest), "cosine", DIM, 0)
+    else:
+        load(case, path, digest)
     took.put(time.perf_counter() - began)
+
+
+def load(loader: str, path: Path, digest: str) -> hnswlib.Index:
+    """The index file loaded as shared/index.py's two openers do."""
+    size = path.stat().st_size
+    if loader == "short reads":
+        return open_index(read_checked(path, size, digest), "cosine", DIM, 0)
+    verify_file(path, size, digest)
+    index = hnswlib.Index("cosine", DIM)
+    index.load_index(str(path))
+    return index
+
+
+def gil_wait(cpu: int, loader: str, path: Path, digest: str, out: Any) -> None:
+    """In a process of its own on cpu: how late a 1 ms sleeper thread wakes while loading (ms)."""
+    os.sched_setaffinity(0, {cpu})
+    lateness: list[float] = []
+    stop = threading.Event()
+
+    def sleeper() -> None:
+        while not stop.is_set():
+            began = time.perf_counter()
+            time.sleep(0.001)
+            lateness.append((time.perf_counter() - began - 0.001) * 1000)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    time.sleep(0.2)
+    lateness.clear()
+    load(loader, path, digest)
+    stop.set()
+    thread.join()
+    out.put(lateness)
 
 
 def measure(cpu: int, case: str, path: Path, digest: str) -> tuple[list[float], float]:
@@ -121,6 +159,14 @@ def main() -> None:
             print(
                 f"{case:<28}{p99:>10.2f}{max(lateness):>10.1f}{p99 / base:>12.1f}{seconds:>13.2f}"
             )
+        print(f"\n{'its own process, loading':<28}{'p99 ms':>10}{'max ms':>10}")
+        for loader in LOADERS:
+            out: mp.Queue[list[float]] = mp.Queue()
+            process = mp.Process(target=gil_wait, args=(args.cpu, loader, path, digest, out))
+            process.start()
+            waits = out.get()
+            process.join()
+            print(f"{loader:<28}{np.percentile(waits, 99):>10.2f}{max(waits):>10.1f}")
 
 
 if __name__ == "__main__":

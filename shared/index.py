@@ -22,7 +22,7 @@ from shared.errors import (
     ModelMismatch,
     SnapshotError,
 )
-from shared.hnsw_file import open_index, read_checked
+from shared.hnsw_file import open_index, read_checked, verify_file
 from shared.rwlock import RWLock
 
 if TYPE_CHECKING:
@@ -559,8 +559,8 @@ class VectorIndex:
         short_reads: bool = False,
     ) -> VectorIndex:
         """Open the index file of a snapshot after checking it is whole and from model_id;
-        short_reads: for a process that serves nothing yet beside one that does on the same CPU
-        (shared/hnsw_file.py), else with hnswlib's load_index (half the time)."""
+        short_reads: in reads that stall no other process on the CPU (shared/hnsw_file.py),
+        for a load no request of this process waits on; else with hnswlib's load_index."""
         try:
             parsed = _parse_manifest(manifest)
         except (KeyError, TypeError, ValueError) as exc:
@@ -570,17 +570,10 @@ class VectorIndex:
                 f"snapshot was built with model {parsed.model_id}, this process uses {model_id}"
             )
         path = Path(folder) / parsed.index_file
-        if short_reads:
-            index = _read_short(path, parsed)
-        else:
-            verify_file(path, parsed.index_bytes, parsed.index_sha256)
-            index = hnswlib.Index(space=SPACE, dim=parsed.dim)
-            try:
-                index.load_index(
-                    str(path), max_elements=parsed.max_elements, allow_replace_deleted=True
-                )
-            except RuntimeError as exc:
-                raise SnapshotError(f"snapshot index file {path} cannot be loaded: {exc}") from exc
+        try:
+            index = (_open_short if short_reads else _open_whole)(path, parsed)
+        except (RuntimeError, ValueError) as exc:
+            raise SnapshotError(f"snapshot index file {path} cannot be loaded: {exc}") from exc
         if index.element_count < len(parsed.labels):
             raise SnapshotError(f"snapshot index file {path} holds fewer items than its manifest")
         opened = cls.__new__(cls)
@@ -667,28 +660,16 @@ def _top_directions(
     return vectors[:, ::-1][:, :dims].T, values[::-1][:dims]
 
 
-def _read_short(path: Path, parsed: _Manifest) -> hnswlib.Index:
+def _open_short(path: Path, parsed: _Manifest) -> hnswlib.Index:
     content = read_checked(path, parsed.index_bytes, parsed.index_sha256)
-    try:
-        return open_index(content, SPACE, parsed.dim, parsed.max_elements)
-    except ValueError as exc:
-        raise SnapshotError(f"snapshot index file {path} cannot be loaded: {exc}") from exc
+    return open_index(content, SPACE, parsed.dim, parsed.max_elements)
 
 
-def verify_file(path: Path, size: int, sha256: str) -> None:
-    """Refuse an index file that is missing, partial or not byte-identical to what was saved."""
-    try:
-        actual = path.stat().st_size
-        if actual != size:
-            raise SnapshotError(
-                f"snapshot index file {path} is partial or corrupt: {actual} bytes, expected {size}"
-            )
-        with path.open("rb") as file:
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
-    except FileNotFoundError:
-        raise SnapshotError(f"snapshot index file {path} is missing") from None
-    if digest != sha256:
-        raise SnapshotError(f"snapshot index file {path} is corrupt: sha256 does not match")
+def _open_whole(path: Path, parsed: _Manifest) -> hnswlib.Index:
+    verify_file(path, parsed.index_bytes, parsed.index_sha256)
+    index = hnswlib.Index(space=SPACE, dim=parsed.dim)
+    index.load_index(str(path), max_elements=parsed.max_elements, allow_replace_deleted=True)
+    return index
 
 
 @dataclass

@@ -16,7 +16,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from shared.errors import SnapshotError
-from shared.index import INDEX_FILE, VectorIndex, verify_file
+from shared.hnsw_file import verify_file
+from shared.index import INDEX_FILE, VectorIndex
 from shared.journal import position_key
 from shared.snapshots import (
     MANIFEST,

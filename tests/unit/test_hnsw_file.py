@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from shared import hnsw_file
 from shared.errors import SnapshotError
-from shared.hnsw_file import HEADER, open_index, read_checked
+from shared.hnsw_file import HEADER, open_index, read_checked, verify_file
 from tests.support.damage import HOW, damage
 
 # (dimensions, items, deleted, capacity asked at load (at least the items are kept), M)
@@ -99,23 +99,27 @@ def test_an_opened_index_takes_new_items_and_reuses_deleted_slots(tmp_path):
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 4096])
-def test_read_checked_returns_the_file_whatever_the_read_size(tmp_path, monkeypatch, chunk):
+def test_a_file_is_read_and_checked_whatever_the_read_size(tmp_path, monkeypatch, chunk):
     path = tmp_path / "index.bin"
     saved(path, 8, 40, 0, 16)
     monkeypatch.setattr(hnsw_file, "READ_CHUNK", chunk)
     content = path.read_bytes()
-    got = read_checked(path, len(content), hashlib.sha256(content).hexdigest())
-    assert got.tobytes() == content
+    digest = hashlib.sha256(content).hexdigest()
+    assert read_checked(path, len(content), digest).tobytes() == content
+    verify_file(path, len(content), digest)
+    with pytest.raises(SnapshotError, match="sha256 does not match"):
+        verify_file(path, len(content), hashlib.sha256(content[:-1] + b"!").hexdigest())
 
 
+@pytest.mark.parametrize("check", [read_checked, verify_file])
 @pytest.mark.parametrize("how", HOW)
-def test_read_checked_refuses_a_damaged_file(tmp_path, how):
+def test_a_damaged_file_is_refused(tmp_path, how, check):
     path = tmp_path / "index.bin"
     saved(path, 8, 40, 0, 16)
     content = path.read_bytes()
     message = damage(path, how)
     with pytest.raises(SnapshotError) as raised:
-        read_checked(path, len(content), hashlib.sha256(content).hexdigest())
+        check(path, len(content), hashlib.sha256(content).hexdigest())
     assert str(raised.value) == message
 
 

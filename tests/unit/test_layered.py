@@ -242,7 +242,7 @@ def test_a_replica_loads_in_short_reads_unless_its_own_requests_wait(
     which stall no other process on the CPU; one while requests come: hnswlib's loader."""
     monkeypatch.setattr("api.replica.REBASE", 0.0)
     loads: list[str] = []
-    for name, how in (("_read_short", "short reads"), ("verify_file", "hnswlib")):
+    for name, how in (("_open_short", "short reads"), ("_open_whole", "hnswlib")):
         real = getattr(index_module, name)
         monkeypatch.setattr(index_module, name, recording(real, how, loads))
     settings = Settings(data_dir=tmp_path, redis_url=redis_server.url)
