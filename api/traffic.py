@@ -17,6 +17,10 @@ MAX_REST = 0.1
 # requests (a monitor polling /metrics) do not slow following down: each waits for one insert
 # at most.
 RECENT = 0.05
+# Polled by monitors and orchestrators, not by the clients whose answers following must not
+# delay: counted, a /metrics poll every second made an API process that no client asked hand over
+# each snapshot as if it were serving (a second worker loading beside the one that serves).
+MONITORING_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class Traffic:
@@ -48,9 +52,11 @@ class Traffic:
         return self._in_flight > 0 or time.monotonic() - self._last_began <= seconds
 
     def middleware(self, app: WSGIApp) -> WSGIApp:
-        """Wrap a WSGI app so that every request is counted while the app handles it."""
+        """Wrap a WSGI app so that every request but a monitor's is counted while it is handled."""
 
         def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            if environ.get("PATH_INFO") in MONITORING_PATHS:
+                return app(environ, start_response)
             self._last_began = time.monotonic()  # a request resuming from aside() is no new one
             self._add(1)
             try:

@@ -654,3 +654,12 @@ def test_a_304_is_counted_in_the_request_metrics(app, client):
     text = client.get("/metrics").get_data(as_text=True)
     labels = 'endpoint="/api/v1/products/<product_id>/similar",method="GET",status="304"'
     assert f"lookalike_http_requests_total{{{labels}}} 1.0" in text
+
+
+def test_monitoring_polls_do_not_count_as_queries_for_following(app, client):
+    traffic = app.extensions["lookalike"].replica.traffic
+    for path in ("/metrics", "/healthz", "/readyz"):
+        client.get(path)
+    assert not traffic.queried_within(60)
+    assert client.get("/api/v1/index").status_code == 200
+    assert traffic.queried_within(60)

@@ -181,3 +181,28 @@ def test_only_work_since_the_same_thread_went_on_is_weighed(recent_is_long: None
 def test_a_share_outside_zero_to_one_is_refused(share: float):
     with pytest.raises(ValueError, match=re.escape(f"share must be in (0, 1], got {share}")):
         Traffic(longest_wait=10, share=share)
+
+
+@pytest.mark.parametrize(
+    ("path", "counted"),
+    [
+        ("/metrics", False),
+        ("/healthz", False),
+        ("/readyz", False),
+        ("/api/v1/products/p1/similar", True),
+        ("/api/v1/search", True),
+        ("/", True),
+        ("/metrics/", True),  # not a monitor's path: Flask answers it 404 like any other
+        ("/api/v1/metrics", True),
+    ],
+)
+def test_only_a_monitors_requests_go_uncounted(path: str, counted: bool):
+    traffic, seen = Traffic(longest_wait=10), []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        seen.append(traffic.in_flight)
+        return [b"ok"]
+
+    traffic.middleware(app)({"PATH_INFO": path}, lambda *args: None)
+    assert seen == [1 if counted else 0]
+    assert traffic.queried_within(60) is counted
