@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import resource
 import signal
 import tempfile
 import threading
@@ -29,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from api.priority import can_restore_priority, idle_priority, normal_priority
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -39,39 +38,6 @@ TAKE_OVER_WAIT = 60.0
 # writer beside two replicas) it was starved, handovers took 15-23 s instead of 1-4, and the
 # serving worker meanwhile waited with its exact tail full.
 IDLE_AT_MOST = 5.0
-CAP_SYS_NICE = 23  # its bit in /proc/<pid>/status's CapEff
-
-
-def can_restore_priority(status: Path = Path("/proc/self/status")) -> bool:
-    """Whether this process may go back from SCHED_IDLE to the normal scheduling policy."""
-    if not hasattr(os, "SCHED_IDLE"):
-        return False  # not Linux
-    if resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20:
-        return True
-    found = re.search(r"^CapEff:\s*([0-9a-f]+)$", status.read_text(), re.MULTILINE)
-    return found is not None and bool(int(found.group(1), 16) >> CAP_SYS_NICE & 1)
-
-
-def idle_priority(every_thread: bool = False) -> None:
-    """This thread (or every thread of the process), and the threads it starts later, run only
-    when a core has nothing else to do."""
-    _set_policy(os.SCHED_IDLE, every_thread)
-
-
-def normal_priority() -> None:
-    """Every thread of this process back on the normal policy."""
-    _set_policy(os.SCHED_OTHER, every_thread=True)
-
-
-def _set_policy(policy: int, every_thread: bool) -> None:
-    threads = [0]  # the calling thread
-    if every_thread:
-        threads = [int(task.name) for task in Path("/proc/self/task").iterdir()]
-    for thread in threads:
-        try:
-            os.sched_setscheduler(thread, policy, os.sched_param(0))
-        except ProcessLookupError:
-            continue  # a thread that ended meanwhile
 
 
 class Handover:
@@ -146,19 +112,25 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """gunicorn's hook (api/gunicorn_conf.py): a worker started for a handover takes over once
-    its replica has settled; any other starts serving at once (503 until its replica loads)."""
+    its replica has settled; any other starts serving at once (503 until its replica loads).
+    Either, once it serves, follows at the idle priority while no request comes."""
     services = worker.wsgi.extensions["lookalike"]
     replica = services.replica
-    if not enabled(services.settings, worker.cfg.workers):
+    if enabled(services.settings, worker.cfg.workers):
+        replica.handover = handover = Handover.of(worker)
+        if handover.requested():
+            take_over(handover, replica)
+    if services.settings.replica_quiet_idle and can_restore_priority():
+        replica.traffic.idle_when_quiet()
+
+
+def take_over(handover: Handover, replica: Any) -> None:
+    try:
+        waited = handover.take_over(replica.settled)
+    except OSError:  # a hook that raises would stop gunicorn: serve, and say why not
+        log.exception("replica: the handover failed; this worker serves as it is")
         return
-    replica.handover = handover = Handover.of(worker)
-    if handover.requested():
-        try:
-            waited = handover.take_over(replica.settled)
-        except OSError:  # a hook that raises would stop gunicorn: serve, and say why not
-            log.exception("replica: the handover failed; this worker serves as it is")
-            return
-        log.info(
-            "replica took over from the previous worker: %d items at %s, ready in %.2fs",
-            len(replica.catalog), replica.catalog.position, waited,
-        )  # fmt: skip
+    log.info(
+        "replica took over from the previous worker: %d items at %s, ready in %.2fs",
+        len(replica.catalog), replica.catalog.position, waited,
+    )  # fmt: skip

@@ -3,12 +3,16 @@ them and, while they come, takes only a share of a core."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from api.priority import idle_priority, normal_priority
+
+log = logging.getLogger(__name__)
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # The longest one rest lasts, whatever the work before it took: the work still goes on.
 MAX_REST = 0.1
@@ -21,6 +25,13 @@ RECENT = 0.05
 # delay: counted, a /metrics poll every second made an API process that no client asked hand over
 # each snapshot as if it were serving (a second worker loading beside the one that serves).
 MONITORING_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# No request for this long, and background work goes on at the idle priority (idle_when_quiet):
+# it then no longer slows what other processes on its cores serve (two replicas on one CPU, one
+# only polled by a monitor: the queried one's /similar p99 during a 50k import 13.1 ms with the
+# quiet one following at the normal priority, 9.8 with it idle; docs/benchmarks.md). Long, because
+# the first request after it may wait for that thread to give up the GIL, which on cores busy with
+# other work an idle thread gets to do only every few hundred milliseconds.
+QUIET = 10.0
 
 
 class Traffic:
@@ -42,6 +53,8 @@ class Traffic:
         self._changed = threading.Condition()
         # When the work last went on: its thread, and that thread's CPU time then.
         self._went_on: tuple[int, float] | None = None
+        self._quiet_idle_since: float | None = None  # monotonic; None: idle_when_quiet is off
+        self._idled: int | None = None  # the native id of the work's thread while it is idle
 
     @property
     def in_flight(self) -> int:
@@ -51,6 +64,16 @@ class Traffic:
         """Whether a request is in flight or began at most `seconds` ago."""
         return self._in_flight > 0 or time.monotonic() - self._last_began <= seconds
 
+    @property
+    def idles_when_quiet(self) -> bool:
+        return self._quiet_idle_since is not None
+
+    def idle_when_quiet(self) -> None:
+        """From now on the thread that calls lull or pace drops to the idle priority once no
+        request has come for QUIET seconds, and each request puts it back at once. Only for a
+        process that may restore a thread's priority (api.priority.can_restore_priority)."""
+        self._quiet_idle_since = time.monotonic()
+
     def middleware(self, app: WSGIApp) -> WSGIApp:
         """Wrap a WSGI app so that every request but a monitor's is counted while it is handled."""
 
@@ -59,6 +82,7 @@ class Traffic:
                 return app(environ, start_response)
             self._last_began = time.monotonic()  # a request resuming from aside() is no new one
             self._add(1)
+            self._wake()
             try:
                 return app(environ, start_response)
             finally:
@@ -104,6 +128,38 @@ class Traffic:
 
     def _go_on(self) -> None:
         self._went_on = (threading.get_ident(), time.thread_time())
+        self._idle_if_quiet()
+
+    def _idle_if_quiet(self) -> None:
+        """From the work's thread: idle while quiet (idle_when_quiet), normal once queried."""
+        since = self._quiet_idle_since
+        if since is None:
+            return
+        now = time.monotonic()
+        queried = self.queried_within(QUIET) or now - since <= QUIET
+        if not queried and self._idled is None:
+            # Published before it drops: a request that begins from here on finds it and wakes
+            # it; one that began before, the check below finds.
+            self._idled = threading.get_native_id()
+            idle_priority()
+            queried = self.queried_within(QUIET)
+        if queried and self._idled is not None:
+            self._restore(self._idled)
+            self._idled = None  # after: while it is idle, a request can find it
+
+    def _wake(self) -> None:
+        """From a request: the work's thread back at the normal priority if it is idle (it
+        forgets that it was once it sees the request)."""
+        thread = self._idled
+        if thread is not None:
+            self._restore(thread)
+
+    def _restore(self, thread: int) -> None:
+        try:
+            normal_priority(thread)
+        except PermissionError:  # the right was taken away since: the work stays idle
+            log.warning("cannot restore the following's priority; it stays idle when quiet")
+            self._quiet_idle_since = None
 
     def _add(self, change: int) -> None:
         with self._changed:

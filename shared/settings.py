@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         "newer snapshot by starting a new worker that loads it and takes over, instead of "
         "loading it itself (a load holds Python's lock, stalling every request meanwhile).",
     )
+    replica_quiet_idle: bool = Field(
+        True,
+        description="An API process that no request has come to for 10 s follows the journal "
+        "and loads snapshots at the idle scheduling priority, back at the normal one as soon as a "
+        "request comes, so that it does not slow the processes that are queried on its cores. "
+        "Needs the right to restore a thread's priority, as the handover does.",
+    )
     replica_exact_items: int = Field(
         1024,
         ge=0,

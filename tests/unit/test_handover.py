@@ -12,11 +12,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
 
-from api.handover import Handover, can_restore_priority, idle_priority
+from api.handover import Handover, post_worker_init
+from api.priority import can_restore_priority, idle_priority
 from shared.follower import read_after
 from shared.settings import Settings
 from tests.support.replica import journal, on_a_first_snapshot, requests_coming
@@ -256,3 +258,13 @@ def test_a_new_worker_still_loading_after_its_idle_time_goes_on_at_the_normal_pr
             seen("taken over")
 
     assert policies_seen(work) == {"taken over": os.SCHED_OTHER}
+
+
+@pytest.mark.parametrize("quiet_idle", [True, False])
+def test_a_serving_worker_idles_when_quiet_as_set(launch, tmp_path, quiet_idle):
+    with launch(replica_quiet_idle=quiet_idle, replica_handover=False) as app:
+        # gunicorn's worker as its hook sees it: the app, the worker count, the master.
+        config = SimpleNamespace(workers=1, worker_tmp_dir=str(tmp_path))
+        post_worker_init(SimpleNamespace(wsgi=app, cfg=config, ppid=os.getppid()))
+        traffic = app.extensions["lookalike"].replica.traffic
+        assert traffic.idles_when_quiet is (quiet_idle and can_restore_priority())

@@ -6,12 +6,15 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
+from api.priority import can_restore_priority, idle_priority, is_idle
 from api.traffic import MAX_REST, Traffic
+from tests.support.stack import wait_until
 
 
 def blocking_app(release: threading.Event, entered: threading.Event) -> Any:
@@ -206,3 +209,115 @@ def test_only_a_monitors_requests_go_uncounted(path: str, counted: bool):
     traffic.middleware(app)({"PATH_INFO": path}, lambda *args: None)
     assert seen == [1 if counted else 0]
     assert traffic.queried_within(60) is counted
+
+
+restorable = pytest.mark.skipif(
+    not can_restore_priority(), reason="restoring a thread's priority needs CAP_SYS_NICE here"
+)
+
+
+@pytest.fixture
+def quiet_is_short(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr("api.traffic.QUIET", 0.05)
+    return 0.05
+
+
+@contextmanager
+def following(traffic: Traffic) -> Iterator[int]:
+    """A thread pacing small pieces of work, as a replica's following does; its native id."""
+    started, stop, ids = threading.Event(), threading.Event(), []
+
+    def work() -> None:
+        ids.append(threading.get_native_id())
+        started.set()
+        while not stop.is_set():
+            traffic.pace()
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    started.wait(5)
+    try:
+        yield ids[0]
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def request(traffic: Traffic, path: str = "/api/v1/index", inside: Callable[[], Any] = list) -> Any:
+    """One request through the middleware; what `inside` returned while it was in flight."""
+    seen = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        seen.append(inside())
+        return [b"ok"]
+
+    traffic.middleware(app)({"PATH_INFO": path}, lambda *args: None)
+    return seen[0]
+
+
+@restorable
+def test_quiet_following_drops_to_the_idle_priority_and_a_request_wakes_it_at_once(
+    quiet_is_short: float,
+):
+    traffic = Traffic(longest_wait=10)
+    traffic.idle_when_quiet()
+    with following(traffic) as thread:
+        wait_until(lambda: is_idle(thread), 5, "following never went idle", interval=0.01)
+        assert request(traffic, inside=lambda: is_idle(thread)) is False
+        wait_until(lambda: is_idle(thread), 5, "not idle again once quiet", interval=0.01)
+
+
+@restorable
+def test_a_monitors_poll_leaves_quiet_following_idle(quiet_is_short: float):
+    traffic = Traffic(longest_wait=10)
+    traffic.idle_when_quiet()
+    with following(traffic) as thread:
+        wait_until(lambda: is_idle(thread), 5, "following never went idle", interval=0.01)
+        assert request(traffic, "/metrics", inside=lambda: is_idle(thread)) is True
+
+
+@pytest.mark.parametrize("case", ["not asked to", "requests keep coming", "just asked to"])
+def test_following_stays_at_the_normal_priority(case: str, quiet_is_short: float):
+    traffic = Traffic(longest_wait=10)
+    if case != "not asked to":
+        traffic.idle_when_quiet()
+    with following(traffic) as thread:
+        deadline = time.monotonic() + (quiet_is_short * 0.5 if case == "just asked to" else 0.5)
+        while time.monotonic() < deadline:
+            if case == "requests keep coming":
+                request(traffic)
+            assert not is_idle(thread)
+            time.sleep(quiet_is_short / 10)
+
+
+@restorable
+@pytest.mark.parametrize("dropping", [0.0, 0.002])
+def test_a_request_beginning_as_following_drops_always_wakes_it(
+    monkeypatch: pytest.MonkeyPatch, dropping: float
+):
+    """Requests racing the drop to the idle priority: each finds following awake while it is in
+    flight (at once, or once following has seen it); `dropping` widens the moment between the
+    decision to drop and the drop."""
+    monkeypatch.setattr("api.traffic.QUIET", 0.0005)
+
+    def slowly_idle() -> None:
+        time.sleep(dropping)
+        idle_priority()
+
+    monkeypatch.setattr("api.traffic.idle_priority", slowly_idle)
+    traffic = Traffic(longest_wait=10)
+    traffic.idle_when_quiet()
+
+    def awake_soon(thread: int) -> bool:
+        deadline = time.monotonic() + 2
+        while is_idle(thread) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        return not is_idle(thread)
+
+    with following(traffic) as thread:
+        answers = []
+        for _ in range(200):
+            answers.append(request(traffic, inside=lambda: awake_soon(thread)))
+            time.sleep(0.001 * (len(answers) % 3))
+    assert answers == [True] * 200
