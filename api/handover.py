@@ -120,8 +120,8 @@ def post_worker_init(worker: Any) -> None:
         replica.handover = handover = Handover.of(worker)
         if handover.requested():
             take_over(handover, replica)
-    if services.settings.replica_quiet_idle and can_restore_priority():
-        replica.traffic.idle_when_quiet()
+    if services.settings.replica_idle_after > 0 and can_restore_priority():
+        replica.traffic.idle_when_quiet(services.settings.replica_idle_after)
 
 
 def take_over(handover: Handover, replica: Any) -> None:

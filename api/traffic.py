@@ -25,13 +25,6 @@ RECENT = 0.05
 # delay: counted, a /metrics poll every second made an API process that no client asked hand over
 # each snapshot as if it were serving (a second worker loading beside the one that serves).
 MONITORING_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-# No request for this long, and background work goes on at the idle priority (idle_when_quiet):
-# it then no longer slows what other processes on its cores serve (two replicas on one CPU, one
-# only polled by a monitor: the queried one's /similar p99 during a 50k import 13.1 ms with the
-# quiet one following at the normal priority, 9.8 with it idle; docs/benchmarks.md). Long, because
-# the first request after it may wait for that thread to give up the GIL, which on cores busy with
-# other work an idle thread gets to do only every few hundred milliseconds.
-QUIET = 10.0
 
 
 class Traffic:
@@ -54,6 +47,7 @@ class Traffic:
         # When the work last went on: its thread, and that thread's CPU time then.
         self._went_on: tuple[int, float] | None = None
         self._quiet_idle_since: float | None = None  # monotonic; None: idle_when_quiet is off
+        self._quiet_after = 0.0  # seconds without a request before the work goes idle
         self._idled: int | None = None  # the native id of the work's thread while it is idle
 
     @property
@@ -68,10 +62,15 @@ class Traffic:
     def idles_when_quiet(self) -> bool:
         return self._quiet_idle_since is not None
 
-    def idle_when_quiet(self) -> None:
+    def idle_when_quiet(self, after: float) -> None:
         """From now on the thread that calls lull or pace drops to the idle priority once no
-        request has come for QUIET seconds, and each request puts it back at once. Only for a
-        process that may restore a thread's priority (api.priority.can_restore_priority)."""
+        request has come for `after` seconds, and each request puts it back at once. Only for a
+        process that may restore a thread's priority (api.priority.can_restore_priority).
+
+        Idle, it no longer slows what other processes on its cores serve; but the first request
+        after it may wait for it to give up the GIL, which on cores that other work keeps busy
+        an idle thread gets to do late (bench/quiet_wake.py, docs/benchmarks.md)."""
+        self._quiet_after = after
         self._quiet_idle_since = time.monotonic()
 
     def middleware(self, app: WSGIApp) -> WSGIApp:
@@ -136,16 +135,19 @@ class Traffic:
         if since is None:
             return
         now = time.monotonic()
-        queried = self.queried_within(QUIET) or now - since <= QUIET
+        after = self._quiet_after
+        queried = self.queried_within(after) or now - since <= after
         if not queried and self._idled is None:
             # Published before it drops: a request that begins from here on finds it and wakes
             # it; one that began before, the check below finds.
             self._idled = threading.get_native_id()
             idle_priority()
-            queried = self.queried_within(QUIET)
+            queried = self.queried_within(after)
+            log.info("following at the idle priority: no request for %gs", after)
         if queried and self._idled is not None:
             self._restore(self._idled)
             self._idled = None  # after: while it is idle, a request can find it
+            log.info("following at the normal priority again: requests come")
 
     def _wake(self) -> None:
         """From a request: the work's thread back at the normal priority if it is idle (it
@@ -157,9 +159,9 @@ class Traffic:
     def _restore(self, thread: int) -> None:
         try:
             normal_priority(thread)
-        except PermissionError:  # the right was taken away since: the work stays idle
-            log.warning("cannot restore the following's priority; it stays idle when quiet")
-            self._quiet_idle_since = None
+        except PermissionError:  # the right was taken away since: said once, not tried again
+            log.warning("cannot restore the following's priority: it stays idle")
+            self._quiet_idle_since = self._idled = None
 
     def _add(self, change: int) -> None:
         with self._changed:

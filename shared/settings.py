@@ -98,12 +98,13 @@ class Settings(BaseSettings):
         "newer snapshot by starting a new worker that loads it and takes over, instead of "
         "loading it itself (a load holds Python's lock, stalling every request meanwhile).",
     )
-    replica_quiet_idle: bool = Field(
-        True,
-        description="An API process that no request has come to for 10 s follows the journal "
-        "and loads snapshots at the idle scheduling priority, back at the normal one as soon as a "
-        "request comes, so that it does not slow the processes that are queried on its cores. "
-        "Needs the right to restore a thread's priority, as the handover does.",
+    replica_idle_after: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds without a request after which an API process run by gunicorn "
+        "follows the journal and loads snapshots at the idle scheduling priority, back at the "
+        "normal one as soon as a request comes, so that a replica nobody asks does not slow the "
+        "queried ones on its cores; 0: never. Needs the right to restore a thread's priority.",
     )
     replica_exact_items: int = Field(
         1024,

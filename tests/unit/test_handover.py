@@ -260,11 +260,11 @@ def test_a_new_worker_still_loading_after_its_idle_time_goes_on_at_the_normal_pr
     assert policies_seen(work) == {"taken over": os.SCHED_OTHER}
 
 
-@pytest.mark.parametrize("quiet_idle", [True, False])
-def test_a_serving_worker_idles_when_quiet_as_set(launch, tmp_path, quiet_idle):
-    with launch(replica_quiet_idle=quiet_idle, replica_handover=False) as app:
+@pytest.mark.parametrize("idle_after", [60.0, 0.0])
+def test_a_serving_worker_idles_when_quiet_as_set(launch, tmp_path, idle_after):
+    with launch(replica_idle_after=idle_after, replica_handover=False) as app:
         # gunicorn's worker as its hook sees it: the app, the worker count, the master.
         config = SimpleNamespace(workers=1, worker_tmp_dir=str(tmp_path))
         post_worker_init(SimpleNamespace(wsgi=app, cfg=config, ppid=os.getppid()))
         traffic = app.extensions["lookalike"].replica.traffic
-        assert traffic.idles_when_quiet is (quiet_idle and can_restore_priority())
+        assert traffic.idles_when_quiet is (idle_after > 0 and can_restore_priority())

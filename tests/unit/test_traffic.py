@@ -217,8 +217,8 @@ restorable = pytest.mark.skipif(
 
 
 @pytest.fixture
-def quiet_is_short(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr("api.traffic.QUIET", 0.05)
+def quiet_is_short() -> float:
+    """Seconds without a request before following goes idle, short for the tests."""
     return 0.05
 
 
@@ -258,20 +258,27 @@ def request(traffic: Traffic, path: str = "/api/v1/index", inside: Callable[[], 
 
 @restorable
 def test_quiet_following_drops_to_the_idle_priority_and_a_request_wakes_it_at_once(
-    quiet_is_short: float,
+    quiet_is_short: float, caplog: pytest.LogCaptureFixture
 ):
+    caplog.set_level("INFO", logger="api.traffic")
     traffic = Traffic(longest_wait=10)
-    traffic.idle_when_quiet()
+    traffic.idle_when_quiet(quiet_is_short)
     with following(traffic) as thread:
         wait_until(lambda: is_idle(thread), 5, "following never went idle", interval=0.01)
         assert request(traffic, inside=lambda: is_idle(thread)) is False
         wait_until(lambda: is_idle(thread), 5, "not idle again once quiet", interval=0.01)
+    said = [r.getMessage() for r in caplog.records if r.name == "api.traffic"]
+    assert said[:3] == [
+        "following at the idle priority: no request for 0.05s",
+        "following at the normal priority again: requests come",
+        "following at the idle priority: no request for 0.05s",
+    ]
 
 
 @restorable
 def test_a_monitors_poll_leaves_quiet_following_idle(quiet_is_short: float):
     traffic = Traffic(longest_wait=10)
-    traffic.idle_when_quiet()
+    traffic.idle_when_quiet(quiet_is_short)
     with following(traffic) as thread:
         wait_until(lambda: is_idle(thread), 5, "following never went idle", interval=0.01)
         assert request(traffic, "/metrics", inside=lambda: is_idle(thread)) is True
@@ -281,7 +288,7 @@ def test_a_monitors_poll_leaves_quiet_following_idle(quiet_is_short: float):
 def test_following_stays_at_the_normal_priority(case: str, quiet_is_short: float):
     traffic = Traffic(longest_wait=10)
     if case != "not asked to":
-        traffic.idle_when_quiet()
+        traffic.idle_when_quiet(quiet_is_short)
     with following(traffic) as thread:
         deadline = time.monotonic() + (quiet_is_short * 0.5 if case == "just asked to" else 0.5)
         while time.monotonic() < deadline:
@@ -299,7 +306,6 @@ def test_a_request_beginning_as_following_drops_always_wakes_it(
     """Requests racing the drop to the idle priority: each finds following awake while it is in
     flight (at once, or once following has seen it); `dropping` widens the moment between the
     decision to drop and the drop."""
-    monkeypatch.setattr("api.traffic.QUIET", 0.0005)
 
     def slowly_idle() -> None:
         time.sleep(dropping)
@@ -307,7 +313,7 @@ def test_a_request_beginning_as_following_drops_always_wakes_it(
 
     monkeypatch.setattr("api.traffic.idle_priority", slowly_idle)
     traffic = Traffic(longest_wait=10)
-    traffic.idle_when_quiet()
+    traffic.idle_when_quiet(0.0005)
 
     def awake_soon(thread: int) -> bool:
         deadline = time.monotonic() + 2
@@ -321,3 +327,28 @@ def test_a_request_beginning_as_following_drops_always_wakes_it(
             answers.append(request(traffic, inside=lambda: awake_soon(thread)))
             time.sleep(0.001 * (len(answers) % 3))
     assert answers == [True] * 200
+
+
+@restorable
+def test_following_that_may_not_be_woken_is_left_idle_and_said_once(
+    quiet_is_short: float, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    traffic = Traffic(longest_wait=10)
+    traffic.idle_when_quiet(quiet_is_short)
+    with following(traffic) as thread:
+        wait_until(lambda: is_idle(thread), 5, "following never went idle", interval=0.01)
+
+        def refused(thread: int | None = None) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr("api.traffic.normal_priority", refused)
+        for _ in range(3):
+            request(traffic)
+            time.sleep(quiet_is_short)
+        assert is_idle(thread) and not traffic.idles_when_quiet
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "api.traffic" and r.levelname == "WARNING"
+    ]
+    assert warnings == ["cannot restore the following's priority: it stays idle"]
