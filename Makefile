@@ -62,6 +62,7 @@ bench: install
 	$(BIN)/python bench/interference.py
 	$(BIN)/python bench/journal_read.py
 	$(BIN)/python bench/load_stall.py
+	$(BIN)/python bench/quiet_wake.py
 	$(BIN)/python bench/faults.py --out docs/reliability.md
 
 # The README's pictures, from a real `lookalike up --demo 300` and `lookalike evaluate --html`.
