@@ -144,8 +144,9 @@ class Traffic:
             idle_priority()
             queried = self.queried_within(after)
             log.info("following at the idle priority: no request for %gs", after)
-        if queried and self._idled is not None:
-            self._restore(self._idled)
+        idled = self._idled
+        if queried and idled is not None:
+            self._restore(idled)
             self._idled = None  # after: while it is idle, a request can find it
             log.info("following at the normal priority again: requests come")
 
