@@ -229,6 +229,9 @@ class FollowResult:
     # writer's work (and Redis) alone costs API 1's queries, the floor for any way of following
     waiting: Latency = field(default_factory=Latency)
     after: Latency = field(default_factory=Latency)
+    # --query-all: the other APIs' own clients, per API: idle before, the import (until all
+    # applied and served), idle after
+    others: list[tuple[Latency, Latency, Latency]] = field(default_factory=list)
     items_final: list[int] = field(default_factory=list)
     sampled: list[tuple[int, int]] = field(default_factory=list)  # per API: found, asked
     api_rss: list[int] = field(default_factory=list)
@@ -241,13 +244,18 @@ class QueriedStack(Stack):
     apis: list[tuple[Child, str]]  # each API and its URL
     data: Data
     sampler: Sampler
-    query_client: Any = None
+    query_client: Any = None  # API 1's
     replica_cpus: set[int] | None = None  # --pin: the APIs' and the client's CPUs
 
+    def __init__(self, args: argparse.Namespace, dims: int, base: Path) -> None:
+        super().__init__(args, dims, base)
+        self.other_clients: list[Any] = []  # --query-all: the other APIs'
+
     def close(self) -> None:
-        if self.query_client is not None and self.query_client.is_alive():
-            self.query_client.terminate()
-            self.query_client.join(10)
+        for client in [self.query_client, *self.other_clients]:
+            if client is not None and client.is_alive():
+                client.terminate()
+                client.join(10)
         super().close()
 
     def journal(self, lo: int, hi: int) -> float:
@@ -266,18 +274,22 @@ class QueriedStack(Stack):
         )  # fmt: skip
         time.sleep(REBASE_WAIT)
 
-    def start_client(self, rate: float = 0.0) -> tuple[Any, Any]:
-        """The querying client (at rate requests a second, or back to back), started; its stop
-        event and its results' queue."""
+    def start_client(self, rate: float = 0.0, api: int = 0) -> tuple[Any, Any]:
+        """The client querying API api+1 (at rate requests a second, or back to back), started;
+        its stop event and its results' queue."""
         context = multiprocessing.get_context("spawn")
         stop, results = context.Event(), context.Queue()
-        url, ids = self.apis[0][1], [str(i) for i in range(self.args.seed_items)]
+        url, ids = self.apis[api][1], [str(i) for i in range(self.args.seed_items)]
         client = context.Process(
             target=query_loop, args=(url, ids, stop, results, rate), daemon=True
         )
         client.start()
         pin(client.pid or 0, self.replica_cpus)
-        self.query_client = client  # stopped by close() too, when the run fails
+        # Stopped by close() too, when the run fails.
+        if api == 0:
+            self.query_client = client
+        else:
+            self.other_clients.append(client)
         wait_for(lambda: api_items(url) >= self.args.seed_items, 30, "the client")
         time.sleep(2.0)  # its start-up
         return stop, results
@@ -307,6 +319,8 @@ class FollowRun(QueriedStack):
         self.sampler = Sampler(self)
         self.settle_seed()
         stop, results = self.start_client(args.rate)
+        queried = replicas if args.query_all else 1
+        others = [self.start_client(args.rate, api) for api in range(1, queried)]
         idle0, api1_cpu0 = time.monotonic(), cpu_seconds(self.apis[0][0].pid)
         time.sleep(args.idle)
         idle1, api1_cpu1 = time.monotonic(), cpu_seconds(self.apis[0][0].pid)
@@ -314,10 +328,19 @@ class FollowRun(QueriedStack):
         after0 = time.monotonic()  # idle again, over the whole catalog
         time.sleep(args.idle)
         after1 = time.monotonic()
-        stop.set()
+        for each_stop, _ in [(stop, results), *others]:
+            each_stop.set()
         stamps = results.get(timeout=60)
         self.query_client.join(30)
         self.tally_latency(out, stamps, t0, spans, waits, (idle0, idle1), (after0, after1))
+        whole_end = max(t0 + max(out.served_s), t0 + (out.writer_s or 0.0))
+        for _, their_results in others:
+            theirs = their_results.get(timeout=60)
+            out.others.append((
+                Latency.of(theirs, idle0, idle1),
+                Latency.of(theirs, t0, whole_end),
+                Latency.of(theirs, after0, after1),
+            ))  # fmt: skip
         out.idle_cpu_per_request = (api1_cpu1 - api1_cpu0) / max(1, out.idle.requests)
         self.check_nothing_lost(out)
         return out
@@ -490,6 +513,9 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
         ("    of it, the others", lambda r: str(r.between)),
         ("      of them, while API 1 followed nothing", lambda r: str(r.waiting)),
         ("  idle after, all items", lambda r: str(r.after)),
+        ("--query-all, APIs 2.. on their own: idle", lambda r: each(r.others, lambda v: str(v[0]))),
+        ("  import, until all applied and served", lambda r: each(r.others, lambda v: str(v[1]))),
+        ("  idle after, all items", lambda r: each(r.others, lambda v: str(v[2]))),
         ("items served at end", lambda r: each(r.items_final, str)),
         ("sampled ids served", lambda r: each(r.sampled, lambda v: f"{v[0]}/{v[1]}")),
         ("API RSS MiB at end", lambda r: each(r.api_rss, mib)),
@@ -537,6 +563,7 @@ def load_follow(path: Path) -> list[FollowResult]:
         raw.setdefault("reloads", [])
         raw.setdefault("restarts", [])
         raw.setdefault("handovers", [])
+        raw["others"] = [tuple(Latency(**v) for v in api) for api in raw.get("others", [])]
         results.append(FollowResult(**raw))
     return results
 
@@ -556,6 +583,11 @@ def main() -> None:
         "--redis-with-replicas",
         action="store_true",
         help="with --pin: Redis on the replicas' CPU, not the writer's (every /similar reads it)",
+    )
+    parser.add_argument(
+        "--query-all",
+        action="store_true",
+        help="also a client of its own (the same rate) for each other API, as behind a balancer",
     )
     parser.add_argument(
         "--stamps", type=Path, default=None,
