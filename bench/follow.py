@@ -13,6 +13,8 @@ bench/interference.py), when each replica serves all, its rebases and reloads (i
 nothing is lost (every replica holds every item, and a sample of them, the last ones included, is
 served). --pin puts the writer, Redis and the import on CPU 0 and the replicas and the client on
 CPU 1, as if the writer had a host of its own (--redis-with-replicas: Redis on CPU 1 instead).
+--query-all gives every other API a client of its own too (as behind a load balancer), reported
+in the three windows per API.
 
 Until 2026-11-29 this was `bench/scale.py --follow-items N` (--follow-seed, --follow-idle).
 """
