@@ -113,7 +113,8 @@ def worker_exit(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     """gunicorn's hook (api/gunicorn_conf.py): a worker started for a handover takes over once
     its replica has settled; any other starts serving at once (503 until its replica loads).
-    Either, once it serves, follows at the idle priority while no request comes."""
+    Either, once it serves, follows at the idle priority after settings.replica_idle_after
+    seconds without a request (api/traffic.py)."""
     services = worker.wsgi.extensions["lookalike"]
     replica = services.replica
     if enabled(services.settings, worker.cfg.workers):
@@ -125,6 +126,7 @@ def post_worker_init(worker: Any) -> None:
 
 
 def take_over(handover: Handover, replica: Any) -> None:
+    """A new worker takes over from the serving one once its replica has settled."""
     try:
         waited = handover.take_over(replica.settled)
     except OSError:  # a hook that raises would stop gunicorn: serve, and say why not
