@@ -37,11 +37,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     services = Services(settings)
     app.extensions["lookalike"] = services
-    app.wsgi_app = services.replica.traffic.middleware(app.wsgi_app)  # type: ignore[method-assign,assignment]
     app.extensions["metrics"] = install_metrics(app, services)
     register_error_handlers(app)
     app.register_blueprint(v1)
     app.register_blueprint(health)
+    # A monitor's polls are not the queries that following must make way for.
+    monitoring = frozenset(
+        rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("health.")
+    )
+    app.wsgi_app = services.replica.traffic.middleware(app.wsgi_app, uncounted=monitoring)  # type: ignore[method-assign,assignment]
     app.register_blueprint(gallery)
     app.add_url_rule("/api/v1/openapi.json", "openapi", lambda: jsonify(openapi_document()))
     return app

@@ -21,10 +21,6 @@ MAX_REST = 0.1
 # requests (a monitor polling /metrics) do not slow following down: each waits for one insert
 # at most.
 RECENT = 0.05
-# Polled by monitors and orchestrators, not by the clients whose answers following must not
-# delay: counted, a /metrics poll every second made an API process that no client asked hand over
-# each snapshot as if it were serving (a second worker loading beside the one that serves).
-MONITORING_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class Traffic:
@@ -73,11 +69,13 @@ class Traffic:
         self._quiet_after = after
         self._quiet_idle_since = time.monotonic()
 
-    def middleware(self, app: WSGIApp) -> WSGIApp:
-        """Wrap a WSGI app so that every request but a monitor's is counted while it is handled."""
+    def middleware(self, app: WSGIApp, uncounted: frozenset[str] = frozenset()) -> WSGIApp:
+        """Wrap a WSGI app so that every request is counted while it is handled, but those to
+        the `uncounted` paths: a monitor's polls (counted, a /metrics poll every second made an
+        API process that no client asked hand over each snapshot as if it were serving)."""
 
         def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-            if environ.get("PATH_INFO") in MONITORING_PATHS:
+            if environ.get("PATH_INFO") in uncounted:
                 return app(environ, start_response)
             self._last_began = time.monotonic()  # a request resuming from aside() is no new one
             self._add(1)
@@ -146,7 +144,7 @@ class Traffic:
             log.info("following at the idle priority: no request for %gs", after)
         idled = self._idled
         if queried and idled is not None:
-            self._restore(idled)
+            self._normal_again(idled)
             self._idled = None  # after: while it is idle, a request can find it
             log.info("following at the normal priority again: requests come")
 
@@ -155,9 +153,9 @@ class Traffic:
         forgets that it was once it sees the request)."""
         thread = self._idled
         if thread is not None:
-            self._restore(thread)
+            self._normal_again(thread)
 
-    def _restore(self, thread: int) -> None:
+    def _normal_again(self, thread: int) -> None:
         try:
             normal_priority(thread)
         except PermissionError:  # the right was taken away since: said once, not tried again

@@ -334,15 +334,8 @@ class FollowRun(QueriedStack):
             each_stop.set()
         stamps = results.get(timeout=60)
         self.query_client.join(30)
-        self.tally_latency(out, stamps, t0, spans, waits, (idle0, idle1), (after0, after1))
-        whole_end = max(t0 + max(out.served_s), t0 + (out.writer_s or 0.0))
-        for _, their_results in others:
-            theirs = their_results.get(timeout=60)
-            out.others.append((
-                Latency.of(theirs, idle0, idle1),
-                Latency.of(theirs, t0, whole_end),
-                Latency.of(theirs, after0, after1),
-            ))  # fmt: skip
+        theirs = [their_results.get(timeout=60) for _, their_results in others]
+        self.tally_latency(out, stamps, theirs, t0, spans, waits, (idle0, idle1), (after0, after1))
         out.idle_cpu_per_request = (api1_cpu1 - api1_cpu0) / max(1, out.idle.requests)
         self.check_nothing_lost(out)
         return out
@@ -419,6 +412,7 @@ class FollowRun(QueriedStack):
         self,
         out: FollowResult,
         stamps: list[tuple[float, float, bool]],
+        theirs: list[list[tuple[float, float, bool]]],
         t0: float,
         spans: Spans,
         waits: Spans,
@@ -441,6 +435,10 @@ class FollowRun(QueriedStack):
         out.between = Latency.of(stamps, t0, whole_end, lambda b, e: not rebasing(b, e))
         out.waiting = Latency.of(stamps, t0, whole_end, waiting)
         out.after = Latency.of(stamps, *after)
+        out.others = [
+            (Latency.of(s, *idle), Latency.of(s, t0, whole_end), Latency.of(s, *after))
+            for s in theirs
+        ]
         out.requests_settled = Latency.of(stamps, t0, t0 + (out.settled_s or 0.0)).requests
         if self.args.stamps is not None:  # for a timeline of each request
             self.args.stamps.write_text(json.dumps({

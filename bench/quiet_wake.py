@@ -35,7 +35,8 @@ from api.priority import can_restore_priority
 from api.replica import FOLLOW_SWITCH_INTERVAL
 from api.traffic import Traffic
 
-CASES = [("normal", 0), ("idle when quiet", 0), ("normal", -1), ("idle when quiet", -1)]
+# (following, whether --busy processes spin)
+CASES = [(case, busy) for busy in (False, True) for case in ("normal", "idle when quiet")]
 
 
 def spin() -> None:
@@ -115,7 +116,7 @@ def main() -> None:
     )
     base: dict[int, tuple[float, float]] = {}
     for case, busy in CASES:
-        spinning = args.busy if busy < 0 else busy
+        spinning = args.busy if busy else 0
         waited = measure(case, spinning, args)
         p50, p99 = float(np.percentile(waited, 50)), float(np.percentile(waited, 99))
         base.setdefault(spinning, (p50, p99))

@@ -51,14 +51,12 @@ def verify_file(path: Path, size: int, sha256: str) -> None:
 
 def read_checked(path: Path, size: int, sha256: str) -> npt.NDArray[np.uint8]:
     """The file's bytes, as verify_file checks them."""
-    content = _read(path, size, sha256, whole=True)
-    assert content is not None
-    return content
+    return _read(path, size, sha256, whole=True)
 
 
-def _read(path: Path, size: int, sha256: str, whole: bool) -> npt.NDArray[np.uint8] | None:
-    """Read the file in READ_CHUNK pieces, hashing them: into an array of its size (whole) or
-    into one piece's room, reused; SnapshotError unless whole and unchanged."""
+def _read(path: Path, size: int, sha256: str, whole: bool) -> npt.NDArray[np.uint8]:
+    """Read the file in READ_CHUNK pieces, hashing them, into an array of its size (whole: the
+    file's bytes) or into one piece's room, reused; SnapshotError unless whole and unchanged."""
     try:
         with path.open("rb", buffering=0) as file:
             actual = os.fstat(file.fileno()).st_size
@@ -80,7 +78,7 @@ def _read(path: Path, size: int, sha256: str, whole: bool) -> npt.NDArray[np.uin
         raise SnapshotError(f"snapshot index file {path} is missing") from None
     if digest.hexdigest() != sha256:
         raise SnapshotError(f"snapshot index file {path} is corrupt: sha256 does not match")
-    return content if whole else None
+    return content
 
 
 def _anonymous(size: int) -> npt.NDArray[np.uint8]:
