@@ -14,7 +14,10 @@ nothing is lost (every replica holds every item, and a sample of them, the last 
 served). --pin puts the writer, Redis and the import on CPU 0 and the replicas and the client on
 CPU 1, as if the writer had a host of its own (--redis-with-replicas: Redis on CPU 1 instead).
 --query-all gives every other API a client of its own too (as behind a load balancer), reported
-in the three windows per API.
+in the three windows per API. The time each API 1 thread and its client spent waiting for a core
+(on a run queue) is reported per window. --client-first runs the clients at the real-time policy
+(SCHED_FIFO, which needs CAP_SYS_NICE), so that a client sharing the stack's cores does not wait
+for a core behind it as a client on another host would not: what is left is the API's latency.
 
 Until 2026-11-29 this was `bench/scale.py --follow-items N` (--follow-seed, --follow-idle).
 """
@@ -32,10 +35,12 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 import argparse
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,7 +71,7 @@ from stack import (
 )
 
 from shared import keys
-from tests.support.procs import cpu_seconds
+from tests.support.procs import cpu_seconds, run_queue
 
 REBASE_WAIT = 8.0  # seconds for replicas to look for a newer snapshot (every 5 s) and load it
 # The same line with logging's time stamp (api/app.py's format): when each load ended.
@@ -86,14 +91,30 @@ STAMPED_HANDOVER_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*replica(: handing over| took over)",
     re.MULTILINE,
 )
+# The writer's snapshots (workers/writer.py): when each was logged and how long it took from the
+# fork through writing, syncing and hashing the file to the prune and the trim.
+STAMPED_SNAPSHOT_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*snapshot \S+: \d+ items in ([\d.]+)s;",
+    re.MULTILINE,
+)
 TOOK_OVER = "replica took over from the previous worker"
 Spans = list[tuple[float, float]]
 
 
 def rebase_spans(text: str, wall_minus_monotonic: float) -> Spans:
     """(monotonic start, end) of each rebase a replica's log tells of (its load and catch-up)."""
+    return timed_spans(STAMPED_REBASE_LINE, text, wall_minus_monotonic)
+
+
+def snapshot_spans(text: str, wall_minus_monotonic: float) -> Spans:
+    """(monotonic start, end) of each snapshot the writer's log tells of."""
+    return timed_spans(STAMPED_SNAPSHOT_LINE, text, wall_minus_monotonic)
+
+
+def timed_spans(line: re.Pattern[str], text: str, wall_minus_monotonic: float) -> Spans:
+    """(monotonic start, end) of each line's event: logged at its end, with its seconds."""
     spans = []
-    for stamp, seconds in STAMPED_REBASE_LINE.findall(text):
+    for stamp, seconds in line.findall(text):
         end = logged_at(stamp) - wall_minus_monotonic
         spans.append((end - float(seconds), end))
     return spans
@@ -195,12 +216,44 @@ class Latency:
         )
 
 
+class RunQueueWatch:
+    """Samples an API's threads' run-queue waits (tests.support.procs.run_queue) twice a second,
+    in a thread: how long its requests and following waited for a core, not for Python's lock."""
+
+    EVERY = 0.5
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, dict[int, tuple[int, int]]]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.EVERY):
+            self.samples.append((time.monotonic(), run_queue(self.pid)))
+
+    def waited(self, since: float, until: float) -> tuple[float, float]:
+        """Over [since, until): seconds waited a second, all threads together, and ms a
+        timeslice; summed from one sample to the next over the threads in both (a handover
+        replaces the worker)."""
+        waited = slices = seconds = 0.0
+        inside = [sample for sample in self.samples if since <= sample[0] <= until]
+        for (t1, before), (t2, after) in itertools.pairwise(inside):
+            seconds += t2 - t1
+            for tid in before.keys() & after.keys():
+                waited += (after[tid][0] - before[tid][0]) / 1e9
+                slices += after[tid][1] - before[tid][1]
+        return waited / max(seconds, 1e-9), 1000 * waited / max(slices, 1)
+
+
 @dataclass
 class FollowResult:
     replicas: int
     seed: int
     items: int
     rate: float = 0.0  # the client's requests a second (0: back to back)
+    client_first: bool = False  # the clients at SCHED_FIFO (--client-first)
     inject_s: float = 0.0
     writer_s: float | None = None
     served_s: list[float] = field(default_factory=list)  # per API, from the import's start
@@ -230,13 +283,40 @@ class FollowResult:
     # ... of the others, those while API 1 waited for a snapshot and followed nothing: what the
     # writer's work (and Redis) alone costs API 1's queries, the floor for any way of following
     waiting: Latency = field(default_factory=Latency)
+    # ... the requests that overlapped one of the writer's snapshots (from its fork through
+    # writing, syncing and hashing the file), and those that overlapped neither that nor one of
+    # API 1's rebases
+    committing: Latency = field(default_factory=Latency)
+    neither: Latency = field(default_factory=Latency)
     after: Latency = field(default_factory=Latency)
     # --query-all: the other APIs' own clients, per API: idle before, the import (until all
     # applied and served), idle after
     others: list[tuple[Latency, Latency, Latency]] = field(default_factory=list)
+    # API 1's threads on a run queue (RunQueueWatch.waited): idle before, the import (until all
+    # applied and served), idle after; and its client's, which a client on another host would
+    # not have
+    run_queue: list[tuple[float, float]] = field(default_factory=list)
+    client_run_queue: list[tuple[float, float]] = field(default_factory=list)
     items_final: list[int] = field(default_factory=list)
     sampled: list[tuple[int, int]] = field(default_factory=list)  # per API: found, asked
     api_rss: list[int] = field(default_factory=list)
+
+    def whole_end(self, t0: float) -> float:
+        """When the writer had applied every entry and every API served every item."""
+        return t0 + max([*self.served_s, self.writer_s or 0.0])
+
+
+@dataclass
+class Timeline:
+    """What API 1 and the writer did when during an import (monotonic start, end)."""
+
+    rebases: Spans  # API 1's rebases and handovers
+    waits: Spans  # API 1 waiting for a snapshot, following nothing
+    commits: Spans  # the writer's snapshots
+
+
+def overlaps(began: float, ended: float, spans: Spans) -> bool:
+    return any(began < end and ended > start for start, end in spans)
 
 
 class QueriedStack(Stack):
@@ -287,6 +367,8 @@ class QueriedStack(Stack):
         )
         client.start()
         pin(client.pid or 0, self.replica_cpus)
+        if self.args.client_first:
+            first(client.pid or 0)
         # Stopped by close() too, when the run fails.
         if api == 0:
             self.query_client = client
@@ -306,7 +388,7 @@ class FollowRun(QueriedStack):
         """The run with variant API replicas."""
         replicas = variant
         args = self.args
-        out = FollowResult(replicas, args.seed_items, args.items, args.rate)
+        out = FollowResult(replicas, args.seed_items, args.items, args.rate, args.client_first)
         self.start_stack()
         self.apis = [self.start_api(f"api{i + 1}") for i in range(replicas)]
         writer_cpus, self.replica_cpus = ({0}, {1}) if args.pin else (None, None)
@@ -323,32 +405,40 @@ class FollowRun(QueriedStack):
         stop, results = self.start_client(args.rate)
         queried = replicas if args.query_all else 1
         others = [self.start_client(args.rate, api) for api in range(1, queried)]
+        watches = [RunQueueWatch(self.apis[0][0].pid), RunQueueWatch(self.query_client.pid)]
         idle0, api1_cpu0 = time.monotonic(), cpu_seconds(self.apis[0][0].pid)
         time.sleep(args.idle)
         idle1, api1_cpu1 = time.monotonic(), cpu_seconds(self.apis[0][0].pid)
-        t0, (spans, waits) = self.bulk_import(out)
+        t0, timeline = self.bulk_import(out)
         after0 = time.monotonic()  # idle again, over the whole catalog
         time.sleep(args.idle)
         after1 = time.monotonic()
+        for watch in watches:
+            watch.stop.set()
         for each_stop, _ in [(stop, results), *others]:
             each_stop.set()
         stamps = results.get(timeout=60)
         self.query_client.join(30)
         theirs = [their_results.get(timeout=60) for _, their_results in others]
-        self.tally_latency(out, stamps, theirs, t0, spans, waits, (idle0, idle1), (after0, after1))
+        self.tally_latency(out, stamps, theirs, t0, timeline, (idle0, idle1), (after0, after1))
         out.idle_cpu_per_request = (api1_cpu1 - api1_cpu0) / max(1, out.idle.requests)
+        windows = [(idle0, idle1), (t0, out.whole_end(t0)), (after0, after1)]
+        out.run_queue, out.client_run_queue = (
+            [watch.waited(*window) for window in windows] for watch in watches
+        )
         self.check_nothing_lost(out)
         return out
 
-    def bulk_import(self, out: FollowResult) -> tuple[float, tuple[Spans, Spans]]:
+    def bulk_import(self, out: FollowResult) -> tuple[float, Timeline]:
         """The import at full speed, until every replica serves it, the snapshot holds it, the
-        journal is trimmed; its start, and API 1's rebases and waits (monotonic start, end)."""
+        journal is trimmed; its start, and what API 1 and the writer did when."""
         args, apis = self.args, self.apis
         n = args.seed_items + args.items
         t0 = time.monotonic()
         cpu0 = [cpu_seconds(api.pid) for api, _ in apis]
         writer0 = cpu_seconds(self.writer.pid)
         logs0 = [api.log.stat().st_size for api, _ in apis]
+        writer_log0 = self.writer.log.stat().st_size
         wall_minus_monotonic = time.time() - time.monotonic()
         out.inject_s = self.journal(args.seed_items, n)
         print(f"  {len(apis)} replicas: {args.items} journalled in {out.inject_s:.1f} s",
@@ -367,7 +457,10 @@ class FollowRun(QueriedStack):
             self.tally_log(out, api, offset, wall_minus_monotonic)
             for (api, _), offset in zip(apis, logs0, strict=True)
         ]
-        return t0, spans[0]
+        with self.writer.log.open("rb") as file:
+            file.seek(writer_log0)
+            commits = snapshot_spans(file.read().decode(errors="replace"), wall_minus_monotonic)
+        return t0, Timeline(*spans[0], commits)
 
     def wait_served(self, out: FollowResult, t0: float, cpu0: list[float]) -> None:
         """Until every API serves every item and the writer has applied every entry."""
@@ -414,26 +507,31 @@ class FollowRun(QueriedStack):
         stamps: list[tuple[float, float, bool]],
         theirs: list[list[tuple[float, float, bool]]],
         t0: float,
-        spans: Spans,
-        waits: Spans,
+        timeline: Timeline,
         idle: tuple[float, float],
         after: tuple[float, float],
     ) -> None:
-        last_served = t0 + max(out.served_s)
         out.idle = Latency.of(stamps, *idle)
-        out.ingest = Latency.of(stamps, t0, last_served)
-        whole_end = max(last_served, t0 + (out.writer_s or 0.0))
+        out.ingest = Latency.of(stamps, t0, t0 + max(out.served_s))
+        whole_end = out.whole_end(t0)
         out.whole = Latency.of(stamps, t0, whole_end)
 
         def rebasing(began: float, ended: float) -> bool:
-            return any(began < end and ended > start for start, end in spans)
+            return overlaps(began, ended, timeline.rebases)
 
         def waiting(began: float, ended: float) -> bool:
-            return any(start <= began and ended <= end for start, end in waits)
+            return any(start <= began and ended <= end for start, end in timeline.waits)
+
+        def committing(began: float, ended: float) -> bool:
+            return overlaps(began, ended, timeline.commits)
 
         out.rebasing = Latency.of(stamps, t0, whole_end, rebasing)
         out.between = Latency.of(stamps, t0, whole_end, lambda b, e: not rebasing(b, e))
         out.waiting = Latency.of(stamps, t0, whole_end, waiting)
+        out.committing = Latency.of(stamps, t0, whole_end, committing)
+        out.neither = Latency.of(
+            stamps, t0, whole_end, lambda b, e: not rebasing(b, e) and not committing(b, e)
+        )
         out.after = Latency.of(stamps, *after)
         out.others = [
             (Latency.of(s, *idle), Latency.of(s, t0, whole_end), Latency.of(s, *after))
@@ -444,7 +542,8 @@ class FollowRun(QueriedStack):
             self.args.stamps.write_text(json.dumps({
                 "t0": t0, "idle": list(idle), "whole_end": whole_end,
                 "writer_s": out.writer_s, "served_s": out.served_s,
-                "rebases": spans, "waits": waits, "stamps": stamps,
+                "rebases": timeline.rebases, "waits": timeline.waits,
+                "commits": timeline.commits, "stamps": stamps,
             }))  # fmt: skip
 
     def check_nothing_lost(self, out: FollowResult) -> None:
@@ -512,10 +611,15 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
         ("    of it, overlapping a rebase/handover of API 1", lambda r: str(r.rebasing)),
         ("    of it, the others", lambda r: str(r.between)),
         ("      of them, while API 1 followed nothing", lambda r: str(r.waiting)),
+        ("    of it, overlapping a snapshot by the writer", lambda r: str(r.committing)),
+        ("    of it, overlapping neither", lambda r: str(r.neither)),
         ("  idle after, all items", lambda r: str(r.after)),
         ("--query-all, APIs 2.. on their own: idle", lambda r: each(r.others, lambda v: str(v[0]))),
         ("  import, until all applied and served", lambda r: each(r.others, lambda v: str(v[1]))),
         ("  idle after, all items", lambda r: each(r.others, lambda v: str(v[2]))),
+        ("on a run queue: ms a slice (s a s)", lambda r: ""),
+        ("  API 1, idle / import / after", lambda r: waits(r.run_queue)),
+        ("  its client, idle / import / after", lambda r: waits(r.client_run_queue)),
         ("items served at end", lambda r: each(r.items_final, str)),
         ("sampled ids served", lambda r: each(r.sampled, lambda v: f"{v[0]}/{v[1]}")),
         ("API RSS MiB at end", lambda r: each(r.api_rss, mib)),
@@ -523,7 +627,9 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
     lines = [
         f"Follow cost: {args.seed_items} seed items, then {args.items} journalled at full "
         f"speed ({args.data}, 2048-d), {os.cpu_count()} CPUs; one client queries /similar k={K} "
-        f"on API 1 {client_pace(results[0].rate)}; idle windows {args.idle:g} s; "
+        f"on API 1 {client_pace(results[0].rate)}"
+        + (" at the real-time policy" if results[0].client_first else "")
+        + f"; idle windows {args.idle:g} s; "
         "values per API are API 1 / API 2"
         + (
             (
@@ -547,16 +653,32 @@ def follow_report(results: list[FollowResult], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def first(pid: int) -> None:
+    """pid (a client, one thread) at the real-time policy: it waits for no core behind others."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(1))
+    except PermissionError:
+        raise SystemExit("--client-first needs CAP_SYS_NICE (SCHED_FIFO)") from None
+
+
+def waits(windows: list[tuple[float, float]]) -> str:
+    return " / ".join(f"{ms:.2f} ({share:.2f})" for share, ms in windows)
+
+
 def client_pace(rate: float) -> str:
     if not rate:
         return "in a loop, back to back"
     return f"at {rate:g} requests/s, each timed from when it was due"
 
 
+LATENCIES = ("idle", "ingest", "whole", "rebasing", "between", "waiting", "committing", "neither",
+             "after")  # fmt: skip
+
+
 def load_follow(path: Path) -> list[FollowResult]:
     results = []
     for raw in json.loads(path.read_text()):
-        for name in ("idle", "ingest", "whole", "rebasing", "between", "waiting", "after"):
+        for name in LATENCIES:
             raw[name] = Latency(**raw.get(name, {}))
         raw["rebases"] = [tuple(v) for v in raw["rebases"]]
         raw["sampled"] = [tuple(v) for v in raw["sampled"]]
@@ -564,6 +686,8 @@ def load_follow(path: Path) -> list[FollowResult]:
         raw.setdefault("restarts", [])
         raw.setdefault("handovers", [])
         raw["others"] = [tuple(Latency(**v) for v in api) for api in raw.get("others", [])]
+        for name in ("run_queue", "client_run_queue"):
+            raw[name] = [tuple(v) for v in raw.get(name, [])]
         results.append(FollowResult(**raw))
     return results
 
@@ -588,6 +712,12 @@ def main() -> None:
         "--query-all",
         action="store_true",
         help="also a client of its own (the same rate) for each other API, as behind a balancer",
+    )
+    parser.add_argument(
+        "--client-first",
+        action="store_true",
+        help="run the clients at SCHED_FIFO: no wait for a core behind the stack (as on a host "
+        "of their own)",
     )
     parser.add_argument(
         "--stamps", type=Path, default=None,

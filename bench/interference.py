@@ -166,6 +166,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed-items", type=int, default=2000, help="items the replica serves")
     parser.add_argument("--seconds", type=float, default=15.0, help="queried per load")
+    parser.add_argument(
+        "--client-first",
+        action="store_true",
+        help="run the client at SCHED_FIFO: no wait for a core behind the others",
+    )
     common_arguments(parser, timeout=600)
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
