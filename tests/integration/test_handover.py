@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 import redis
 import requests
 
+from api.priority import can_restore_priority
 from shared import keys
 from tests.support.replica import journal
 from tests.support.stack import Stack, wait_until
@@ -49,8 +53,9 @@ def queried(stack) -> Iterator[list[tuple[int, str]]]:
     over one kept-alive connection; the status and error code of every answer that was not
     200 (before p0 is served, a 404 or 409 would be right: it did not ask then)."""
     url, failures, stop = stack.api_urls[-1], [], threading.Event()
+    before = items_served(url)  # another test's products, when it ran first
     journal(redis.Redis.from_url(stack.redis.url), 0, 20, MODEL, recorded=True)
-    wait_until(lambda: items_served(url) == 20, 30, "not served")
+    wait_until(lambda: items_served(url) == before + 20, 30, "not served")
 
     def ask() -> None:
         session = requests.Session()
@@ -73,13 +78,53 @@ def queried(stack) -> Iterator[list[tuple[int, str]]]:
 def test_a_queried_api_hands_newer_snapshots_over_to_a_new_worker_and_loses_nothing(stack, queried):
     client = redis.Redis.from_url(stack.redis.url)
     url, master = stack.api_urls[-1], stack.processes["api"].pid
-    first = workers_of(master)
+    first, before = workers_of(master), items_served(url)
     # the writer snapshots every 50; the replica's tail holds 16
     journal(client, 20, 400, MODEL, recorded=True)
     wait_until(lambda: "replica took over" in stack.log("api"), 60, "no handover")
     wait_until(lambda: len(workers_of(master)) == 1 and workers_of(master) != first, 30, "two")
-    wait_until(lambda: items_served(url) == 420, 30, "not all served")
+    wait_until(lambda: items_served(url) == before + 400, 30, "not all served")
     for n in (0, 219, 419):
         answer = requests.get(f"{url}/api/v1/products/p{n}/similar?k=5", timeout=10)
         assert answer.status_code == 200, answer.text
     assert queried == []
+
+
+def idle_threads(pid: int) -> set[int]:
+    """The threads of process pid at the idle scheduling priority."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            if os.sched_getscheduler(int(task.name)) == os.SCHED_IDLE:
+                found.add(int(task.name))
+    return found
+
+
+@pytest.mark.skipif(not can_restore_priority(), reason="needs CAP_SYS_NICE or RLIMIT_NICE 20")
+def test_a_quiet_api_follows_at_the_idle_priority_until_a_request_comes(stack):
+    """A real gunicorn process through a quiet spell (LOOKALIKE_REPLICA_IDLE_AFTER): what it
+    follows meanwhile it follows at the idle priority, and a request puts it back."""
+    client = redis.Redis.from_url(stack.redis.url)
+    url = stack.start_api("quiet", replica_idle_after=1, replica_handover=False)
+    try:
+        (worker,) = workers_of(stack.processes["quiet"].pid)
+        # A monitor's polls (/metrics) do not count as requests.
+        served = client.scard(keys.PRODUCTS)  # what another test journalled, when it ran first
+        wait_until(lambda: items_served(url) == served, 30, "quiet API did not catch up")
+        time.sleep(1.5)
+        journal(client, 1000, 30, MODEL, recorded=True)
+        wait_until(lambda: items_served(url) == served + 30, 30, "quiet API did not follow")
+        wait_until(lambda: "following at the idle priority" in stack.log("quiet"), 10, "no idle")
+        (follower,) = idle_threads(worker)
+
+        answer = requests.get(f"{url}/api/v1/products/p1000/similar?k=3", timeout=10)
+
+        assert answer.status_code == 200, answer.text
+        assert os.sched_getscheduler(follower) == os.SCHED_OTHER
+        assert idle_threads(worker) == set()
+        journal(client, 1030, 5, MODEL, recorded=True)
+        wait_until(lambda: items_served(url) == served + 35, 30, "did not follow after")
+        assert "following at the idle priority: no request for 1s" in stack.log("quiet")
+    finally:
+        stack.stop("quiet")
+        stack.api_urls.remove(url)
