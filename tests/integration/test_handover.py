@@ -15,8 +15,9 @@ import pytest
 import redis
 import requests
 
-from api.priority import can_restore_priority
+from api.priority import can_restore_priority, is_idle
 from shared import keys
+from tests.support.procs import threads
 from tests.support.replica import journal
 from tests.support.stack import Stack, wait_until
 
@@ -93,10 +94,10 @@ def test_a_queried_api_hands_newer_snapshots_over_to_a_new_worker_and_loses_noth
 def idle_threads(pid: int) -> set[int]:
     """The threads of process pid at the idle scheduling priority."""
     found = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            if os.sched_getscheduler(int(task.name)) == os.SCHED_IDLE:
-                found.add(int(task.name))
+    for thread in threads(pid):
+        with contextlib.suppress(ProcessLookupError):  # one that ended meanwhile
+            if is_idle(thread):
+                found.add(thread)
     return found
 
 

@@ -27,14 +27,21 @@ def run_queue(pid: int | None) -> dict[int, tuple[int, int]]:
     threads (a handover's loading worker, a quiet replica's following) wait by design: left out."""
     found = {}
     for current in tree(pid):
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    if os.sched_getscheduler(int(task.name)) == os.SCHED_IDLE:
-                        continue
-                    _, waited, slices = (task / "schedstat").read_text().split()[:3]
-                    found[int(task.name)] = (int(waited), int(slices))
+        for thread in threads(current):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if os.sched_getscheduler(thread) == os.SCHED_IDLE:
+                    continue
+                _, waited, slices = Path(f"/proc/{thread}/schedstat").read_text().split()[:3]
+                found[thread] = (int(waited), int(slices))
     return found
+
+
+def threads(pid: int) -> list[int]:
+    """The native ids of process pid's live threads (none once it has exited)."""
+    try:
+        return [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return []
 
 
 def tree(pid: int | None) -> Iterator[int]:
@@ -43,7 +50,7 @@ def tree(pid: int | None) -> Iterator[int]:
     while todo:
         current = todo.pop()
         yield current
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                with contextlib.suppress(OSError, ValueError):
-                    todo += [int(child) for child in (task / "children").read_text().split()]
+        for thread in threads(current):
+            with contextlib.suppress(OSError, ValueError):
+                children = Path(f"/proc/{current}/task/{thread}/children").read_text()
+                todo += [int(child) for child in children.split()]
