@@ -91,6 +91,38 @@ def test_a_queried_api_hands_newer_snapshots_over_to_a_new_worker_and_loses_noth
     assert queried == []
 
 
+def files_written(pid: int) -> dict[int, str]:
+    """Process pid's descriptors open for writing on regular files, but for its stdout and
+    stderr (which its parent chose): descriptor -> path."""
+    found = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # one closed meanwhile
+            target = os.readlink(fd)
+            info = (Path(f"/proc/{pid}/fdinfo") / fd.name).read_text()
+            flags = int(info.split("flags:", 1)[1].split()[0], 8)
+            if int(fd.name) > 2 and target.startswith("/") and flags & os.O_ACCMODE:
+                found[int(fd.name)] = target
+    return found
+
+
+def test_an_api_worker_writes_no_file_on_a_disk_while_it_serves(stack):
+    """gunicorn's heartbeat (a file's timestamps, changed each time round the loop that
+    dispatches requests) and anything else a worker keeps open for writing lie on a memory
+    filesystem: on a disk's, a change can wait for the journal's commit behind a snapshot."""
+    url, client = stack.api_urls[-1], redis.Redis.from_url(stack.redis.url)
+    before = items_served(url)
+    journal(client, 2000, 5, MODEL, recorded=True)
+    wait_until(lambda: items_served(url) == before + 5, 30, "not served")
+    (worker,) = workers_of(stack.processes["api"].pid)
+    answer = requests.get(f"{url}/api/v1/products/p2000/similar?k=3", timeout=10)
+    assert answer.status_code == 200, answer.text
+
+    written = files_written(worker)
+
+    assert written, "the worker's heartbeat file is not open"
+    assert all(path.startswith("/dev/shm/") for path in written.values()), written
+
+
 def idle_threads(pid: int) -> set[int]:
     """The threads of process pid at the idle scheduling priority."""
     found = set()
