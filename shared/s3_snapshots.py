@@ -28,7 +28,6 @@ from shared.snapshots import (
     SnapshotStore,
     is_snapshot_name,
     position_of,
-    snapshot_name,
 )
 
 
@@ -66,15 +65,9 @@ class S3SnapshotStore(SnapshotStore):
     def _key(self, name: str, file: str) -> str:
         return "/".join(part for part in (self.prefix, name, file) if part)
 
-    def begin(
-        self, index: VectorIndex, position: str, extra: dict[str, Any], fork: bool = True
-    ) -> PendingSnapshot:
-        """Start writing the index file into this host's local copy (see begin_save)."""
-        name = snapshot_name(position)
-        folder = self.root / name
-        return PendingSnapshot(
-            name, folder, position, index.begin_save(folder, position, extra, fork)
-        )
+    def _pending_folder(self, name: str) -> Path:
+        """This host's local copy: commit() uploads it, and keeps it as this host's."""
+        return self.root / name
 
     def commit(self, pending: PendingSnapshot) -> Snapshot:
         """The index file first, the manifest last; the local copy is kept as this host's."""

@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     snapshot_interval: float = Field(
         60.0, gt=0, description="Seconds after which any change makes a snapshot due."
     )
+    writer_priority: Literal["nice", "idle"] = Field(
+        "nice",
+        description="How the writer's graph building and snapshots yield to other processes on "
+        "its host: 'nice' runs them 5 nicer, 'idle' only when a core has nothing else to do "
+        "(SCHED_IDLE; the lock's renewal stays at 'nice').",
+    )
     snapshot_fork: bool = Field(
         True,
         description="Write snapshots from a forked copy of the writer (applying goes on; the "
@@ -171,6 +177,18 @@ class Settings(BaseSettings):
     )
 
     # Durability and backpressure.
+    snapshot_handoff_dir: Path | None = Field(
+        None,
+        description="A directory on a memory filesystem (e.g. /dev/shm/lookalike) where the "
+        "writer publishes every snapshot for the API processes of its host (set it for them "
+        "too); the snapshot store gets one only every snapshot_durable_every seconds.",
+    )
+    snapshot_durable_every: float = Field(
+        60.0,
+        gt=0,
+        description="With snapshot_handoff_dir: seconds between the snapshots also copied to "
+        "the snapshot store (the journal is kept back to the oldest kept there).",
+    )
     snapshots_kept: int = Field(
         2,
         ge=2,

@@ -75,10 +75,25 @@ class SnapshotStore:
     ) -> PendingSnapshot:
         """Start writing a snapshot at position into a partial folder (see begin_save)."""
         name = snapshot_name(position)
-        partial = self.root / f"{name}{PARTIAL}"
+        folder = self._pending_folder(name)
         return PendingSnapshot(
-            name, partial, position, index.begin_save(partial, position, extra, fork)
+            name, folder, position, index.begin_save(folder, position, extra, fork)
         )
+
+    def begin_copy(self, source: Snapshot) -> PendingSnapshot:
+        """Start a copy of another store's committed snapshot, under its name (commit() seals
+        it: the copy's size and SHA-256 are those of the file as copied)."""
+        manifest = json.loads((source.folder / MANIFEST).read_bytes())
+        folder = self._pending_folder(source.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        copy = folder / manifest["index_file"]
+        shutil.copyfile(source.folder / manifest["index_file"], copy)
+        del manifest["index_file"], manifest["index_bytes"], manifest["index_sha256"]
+        return PendingSnapshot(source.name, folder, source.position, PendingSave(copy, manifest))
+
+    def _pending_folder(self, name: str) -> Path:
+        """Where a snapshot's files are written before commit() publishes them."""
+        return self.root / f"{name}{PARTIAL}"
 
     def commit(self, pending: PendingSnapshot) -> Snapshot:
         """Seal the index file, write the manifest, then rename the folder: now it exists."""
@@ -192,7 +207,20 @@ def _fsync_directory(directory: Path) -> None:
 
 def open_store(settings: Settings, gen: Generation = MAIN) -> SnapshotStore:
     """The store LOOKALIKE_SNAPSHOT_URL names: a directory (default data_dir/index) or S3; a
-    generation other than the first keeps its snapshots in a folder (a prefix) of its name."""
+    generation other than the first keeps its snapshots in a folder (a prefix) of its name.
+    With LOOKALIKE_SNAPSHOT_HANDOFF_DIR, that store keeps one snapshot every
+    LOOKALIKE_SNAPSHOT_DURABLE_EVERY seconds and the directory every one (shared/handoff.py)."""
+    durable = _durable_store(settings, gen)
+    if settings.snapshot_handoff_dir is None:
+        return durable
+    from shared.handoff import HandoffStore
+
+    memory = settings.snapshot_handoff_dir / gen.name if gen.name else settings.snapshot_handoff_dir
+    memory_store = SnapshotStore(memory, settings.snapshots_kept)
+    return HandoffStore(memory_store, durable, settings.snapshot_durable_every)
+
+
+def _durable_store(settings: Settings, gen: Generation) -> SnapshotStore:
     url = settings.snapshot_url
     if url is not None and url.startswith("s3://"):
         from shared.s3_snapshots import S3SnapshotStore

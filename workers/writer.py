@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 
@@ -120,12 +121,26 @@ class IndexWriter:
         renewer = threading.Thread(target=self._keep_renewing, name="lock-renewal", daemon=True)
         renewer.start()
         try:
-            self._follow(restore(self.settings, self.client, self.store, self.gen))
+            self._yielding(lambda: self._follow(self._restore()))
         finally:
             self.holding.clear()
             renewer.join()
             with contextlib.suppress(LockError, redis.RedisError):
                 self.lock.release()
+
+    def _restore(self) -> Catalog:
+        return restore(self.settings, self.client, self.store, self.gen)
+
+    def _yielding(self, work: Callable[[], None]) -> None:
+        """Run work in a thread of its own at settings.writer_priority: the threads and forked
+        savers it starts inherit it, the lock's renewal (this thread's) does not."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply") as applier:
+            applier.submit(self._at_writer_priority, work).result()
+
+    def _at_writer_priority(self, work: Callable[[], None]) -> None:
+        if self.settings.writer_priority == "idle":
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        work()
 
     def _follow(self, catalog: Catalog) -> None:
         policy = SnapshotPolicy(self.settings, trim_pending=self.client.xlen(self.gen.journal) > 1)

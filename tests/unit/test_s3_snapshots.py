@@ -6,15 +6,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from shared.index import INDEX_FILE, VectorIndex
+from shared.index import INDEX_FILE
 from shared.s3_snapshots import S3SnapshotStore
 from shared.snapshots import MANIFEST, snapshot_name
 from tests.support.s3 import S3Server
-
-DIM = 16
+from tests.support.snapshots import index_of
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +31,6 @@ def store(s3, tmp_path) -> S3SnapshotStore:
 def reader(store: S3SnapshotStore, s3: S3Server, cache: Path) -> S3SnapshotStore:
     """Another host's view of the same bucket, with its own empty directory."""
     return S3SnapshotStore(store.url, cache, store.keep, client=s3.client())
-
-
-def index_of(count: int) -> VectorIndex:
-    index = VectorIndex(DIM, "resnet50-test", capacity=64)
-    rng = np.random.default_rng(count)
-    index.upsert([f"p{n}" for n in range(count)], np.abs(rng.normal(size=(count, DIM))))
-    return index
 
 
 def keys_of(store: S3SnapshotStore) -> list[str]:

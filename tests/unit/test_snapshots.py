@@ -10,19 +10,10 @@ import numpy as np
 import pytest
 
 from shared.errors import SnapshotError
-from shared.index import INDEX_FILE, VectorIndex
+from shared.index import INDEX_FILE
 from shared.snapshots import MANIFEST, PARTIAL, SnapshotStore, position_of, snapshot_name
 from tests.support.damage import HOW, damage
-
-DIM = 16
-MODEL = "resnet50-test"
-
-
-def index_of(count: int) -> VectorIndex:
-    index = VectorIndex(DIM, MODEL, capacity=64)
-    rng = np.random.default_rng(count)
-    index.upsert([f"p{n}" for n in range(count)], np.abs(rng.normal(size=(count, DIM))))
-    return index
+from tests.support.snapshots import DIM, MODEL, index_of
 
 
 def publish_three(store: SnapshotStore) -> list[str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,12 +18,18 @@ import pytest
 import redis
 
 from shared.catalog import Catalog
+from shared.follower import read_after
 from shared.journal import JournalEntry
+from shared.keys import MAIN
 from shared.model_id import EMBEDDING_DIM
 from shared.queue import make_celery
 from shared.settings import Settings
+from shared.snapshots import open_store
+from tests.support.procs import threads
+from tests.support.replica import journal
 from tests.support.stack import wait_until
 from workers import writer as writer_module
+from workers.restore import restore
 from workers.writer import IndexWriter
 
 
@@ -127,11 +135,14 @@ def test_a_restored_writer_says_where_it_is_before_any_new_entry(writer):
         follower.join(10)
 
 
-def test_the_writer_process_runs_nicer_than_its_parent(redis_server, tmp_path):
+@contextlib.contextmanager
+def writer_process(redis_server, data_dir: Path, **settings: str) -> Iterator[WriterProcess]:
+    """`python -m workers.writer` against redis_server, with LOOKALIKE_<NAME> settings."""
     env = {
         **os.environ,
         "LOOKALIKE_REDIS_URL": redis_server.url,
-        "LOOKALIKE_DATA_DIR": str(tmp_path),
+        "LOOKALIKE_DATA_DIR": str(data_dir),
+        **{f"LOOKALIKE_{name.upper()}": value for name, value in settings.items()},
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "workers.writer"],
@@ -143,16 +154,80 @@ def test_the_writer_process_runs_nicer_than_its_parent(redis_server, tmp_path):
     watchdog = threading.Timer(60, process.kill)  # no such line: EOF, not a hung test
     watchdog.start()
     try:
-        assert process.stderr is not None
-        for line in process.stderr:  # its first log line comes after the nice() call
-            if "waiting for the writer lock" in line:
-                break
-        else:
-            pytest.fail("the writer exited or never said it was waiting for the lock")
-        own = os.getpriority(os.PRIO_PROCESS, 0)
-        expected = min(19, own + writer_module.WRITER_NICENESS)
-        assert os.getpriority(os.PRIO_PROCESS, process.pid) == expected
+        yield WriterProcess(process)
     finally:
         watchdog.cancel()
         process.terminate()
         process.wait(10)
+
+
+class WriterProcess:
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.pid = process.pid
+
+    def wait_for_line(self, text: str) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            if text in line:
+                return
+        pytest.fail(f"the writer exited or never logged {text!r}")
+
+
+def test_the_writer_process_runs_nicer_than_its_parent(redis_server, tmp_path):
+    with writer_process(redis_server, tmp_path) as writer:
+        writer.wait_for_line("waiting for the writer lock")  # logged after the nice() call
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        expected = min(19, own + writer_module.WRITER_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, writer.pid) == expected
+
+
+@pytest.mark.parametrize("priority", ["nice", "idle"])
+def test_the_writer_builds_at_its_priority_and_renews_its_lock_at_the_normal_policy(
+    redis_server, tmp_path, priority
+):
+    redis.Redis.from_url(redis_server.url).flushall()
+    with writer_process(redis_server, tmp_path, writer_priority=priority) as writer:
+        writer.wait_for_line("writer lock acquired")
+        client = redis.Redis.from_url(redis_server.url)
+        wait_until(lambda: client.exists(MAIN.writer_position), 30, "the writer never reported")
+        policies = {thread: os.sched_getscheduler(thread) for thread in threads(writer.pid)}
+        idle = {thread for thread, policy in policies.items() if policy == os.SCHED_IDLE}
+        # The main thread waits for the applier and its renewal thread runs beside it; what
+        # else runs idle is the applier and what it started.
+        assert policies[writer.pid] == os.SCHED_OTHER
+        assert len(policies) - len(idle) >= 2
+        assert bool(idle) == (priority == "idle")
+
+
+def test_a_writer_that_lost_its_memory_snapshots_restores_all_from_disk_and_journal(
+    redis_server, tmp_path
+):
+    """With a hand-off directory the journal is trimmed only behind durable snapshots, so a
+    reboot that empties the memory filesystem loses nothing."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    settings = Settings(
+        data_dir=tmp_path / "data", redis_url=redis_server.url,
+        snapshot_handoff_dir=tmp_path / "shm", snapshot_durable_every=60,
+    )  # fmt: skip
+    writer = IndexWriter(settings, client, make_celery(settings, redis_server.url))
+    assert writer._acquire()
+    writer.holding.set()
+    clock = [0.0]
+    writer.store.clock = lambda: clock[0]  # type: ignore[attr-defined]
+    catalog = restore(settings, client, writer.store)
+    # durable, durable, then in memory only
+    for first, now in ((0, 0.0), (30, 60.0), (60, 61.0), (90, 62.0)):
+        clock[0] = now
+        journal(client, first, 30)
+        catalog.apply(read_after(client, catalog.position, block_ms=None))
+        writer.snapshot(catalog)
+        writer.wait_committed()
+    assert len(writer.store.durable.snapshots()) == 2  # type: ignore[attr-defined]
+
+    shutil.rmtree(tmp_path / "shm")
+    restored = restore(settings, client, open_store(settings))
+
+    assert len(restored) == 120
+    assert client.scard(MAIN.lost) == 0
