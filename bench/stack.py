@@ -30,6 +30,7 @@ from cli import processes
 from cli.redis_server import RedisServer, free_port
 from shared import keys
 from shared.follower import lag_seconds
+from shared.handoff import HandoffStore
 from shared.journal import append, upsert_entry
 from shared.records import ProductStore
 from shared.snapshots import MANIFEST, SnapshotStore
@@ -341,6 +342,8 @@ class Stack(abc.ABC):
         }
         if snapshots is not None:
             env["LOOKALIKE_SNAPSHOT_URL"] = str(snapshots)
+        if getattr(self.args, "handoff", None) is not None:
+            env["LOOKALIKE_SNAPSHOT_HANDOFF_DIR"] = str(handoff_dir(self.args, self.base))
         return env
 
     def start_api(self, name: str, settings: dict[str, str] | None = None) -> tuple[Child, str]:
@@ -359,6 +362,9 @@ class Stack(abc.ABC):
         self.redis.start()
         self.client = redis.Redis.from_url(self.redis.url)
         self.store = SnapshotStore(self.base / "writer" / "index")
+        if getattr(self.args, "handoff", None) is not None:  # to read both, as the APIs do
+            memory = SnapshotStore(handoff_dir(self.args, self.base))
+            self.store = HandoffStore(memory, self.store, every=float("inf"))
         self.writer = Child(
             "writer", processes.index_writer(), self.env(self.base / "writer"),
             self.base / "writer.log",
@@ -421,6 +427,11 @@ def common_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
     parser.add_argument("--timeout", type=float, default=timeout)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", type=Path, default=None, help="where the data goes")
+    parser.add_argument(
+        "--handoff", type=Path, default=None,
+        help="LOOKALIKE_SNAPSHOT_HANDOFF_DIR: a folder of each run's in this memory directory "
+        "(e.g. /dev/shm), for the writer and the APIs",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument(
         "--logs", type=Path, default=None, help="keep each run's process logs in this folder"
@@ -428,6 +439,11 @@ def common_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
     parser.add_argument(
         "--report", type=Path, nargs="+", default=None, help="print --json files' report"
     )
+
+
+def handoff_dir(args: argparse.Namespace, base: Path) -> Path:
+    """The run in folder base's hand-off directory (--handoff)."""
+    return Path(args.handoff) / base.name
 
 
 def run_each(
@@ -447,6 +463,8 @@ def run_each(
             if args.logs is not None:
                 keep_logs(base, args.logs / base.name)
             shutil.rmtree(base, ignore_errors=True)
+            if getattr(args, "handoff", None) is not None:
+                shutil.rmtree(handoff_dir(args, base), ignore_errors=True)
         if args.json:
             args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
     return results
