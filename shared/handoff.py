@@ -5,7 +5,7 @@ During a bulk import the writer snapshots often, so that API processes load the 
 instead of building their own, and each snapshot is the whole index: some 3.5 GiB written for a
 50k import. On a host whose disk its API processes share, those writes (the disk's interrupts,
 the filesystem's journal) lengthened their requests whatever the writer's priority: /similar
-p99 during a 50k import 12.7-14.7 ms with the snapshots on the disk, 10.5 with them in memory
+p99 during a 50k import 12.7-14.7 ms with the snapshots on the disk, 10.5-11.8 with them in memory
 (bench/follow.py, docs/benchmarks.md). So every snapshot goes to a directory on a memory
 filesystem, where the host's API processes load it, and only every `every` seconds is one also
 copied to the durable store. The journal is trimmed only behind durable snapshots: after a
