@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Precision = Literal["float32", "bfloat16", "float16"]
@@ -234,6 +234,32 @@ class Settings(BaseSettings):
         description="Cosine from which two products are near duplicates: in a finished index "
         "task's result and `lookalike evaluate --hygiene`.",
     )
+
+    @model_validator(mode="after")
+    def _handoff_apart_from_the_store(self) -> Settings:
+        """The hand-off directory and a local snapshot store would publish the same snapshot
+        twice into one folder (or hide one inside the other)."""
+        store = self.local_snapshot_dir
+        handoff = self.snapshot_handoff_dir
+        if handoff is None or store is None:
+            return self
+        a, b = handoff.expanduser().resolve(), store.resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise ValueError(
+                f"LOOKALIKE_SNAPSHOT_HANDOFF_DIR ({handoff}) must lie apart from the snapshot "
+                f"store's directory ({store})"
+            )
+        return self
+
+    @property
+    def local_snapshot_dir(self) -> Path | None:
+        """The snapshot store's directory, unless it is an S3 bucket."""
+        url = self.snapshot_url
+        if url is None:
+            return self.data_dir / "index"
+        if url.startswith("s3://"):
+            return None
+        return Path(url.removeprefix("file://")).expanduser()
 
     @property
     def api_keys(self) -> tuple[str, ...]:

@@ -221,15 +221,11 @@ def open_store(settings: Settings, gen: Generation = MAIN) -> SnapshotStore:
 
 
 def _durable_store(settings: Settings, gen: Generation) -> SnapshotStore:
-    url = settings.snapshot_url
-    if url is not None and url.startswith("s3://"):
+    root = settings.local_snapshot_dir
+    if root is None:  # an S3 bucket
         from shared.s3_snapshots import S3SnapshotStore
 
-        url = url.rstrip("/") + (f"/{gen.name}" if gen.name else "")
+        url = str(settings.snapshot_url).rstrip("/") + (f"/{gen.name}" if gen.name else "")
         cache = settings.data_dir / "snapshot-cache" / gen.label
         return S3SnapshotStore(url, cache, settings.snapshots_kept)
-    if url is None:
-        root = settings.data_dir / "index"
-    else:
-        root = Path(url.removeprefix("file://")).expanduser()
     return SnapshotStore(root / gen.name if gen.name else root, settings.snapshots_kept)

@@ -188,3 +188,33 @@ def test_a_copy_that_differs_from_its_memory_snapshot_is_not_kept(store, clock, 
         store.persist(store.memory.snapshots()[0])
     assert names(store.durable) == [durable]
     assert names(store.memory) == [name, durable]
+
+
+@pytest.mark.parametrize(
+    ("handoff", "store"),
+    [
+        ("data/index", None),  # the default store, data_dir/index
+        ("data/index/shm", None),  # inside it
+        ("data", None),  # around it
+        ("snaps", "snaps"),  # a store given by LOOKALIKE_SNAPSHOT_URL
+        ("snaps", "file://{tmp}/snaps/index"),
+    ],
+)
+def test_a_handoff_directory_that_overlaps_the_snapshot_store_is_refused(tmp_path, handoff, store):
+    url = None if store is None else store.replace("{tmp}", str(tmp_path))
+    if url is not None and "://" not in url:
+        url = str(tmp_path / url)
+
+    with pytest.raises(ValueError, match="must lie apart from the snapshot store's directory"):
+        Settings(
+            data_dir=tmp_path / "data", snapshot_url=url, snapshot_handoff_dir=tmp_path / handoff
+        )
+
+
+@pytest.mark.parametrize("store", [None, "s3://bucket/index", "elsewhere"])
+def test_a_handoff_directory_apart_from_the_store_is_accepted(tmp_path, store):
+    url = store if store is None or "://" in store else str(tmp_path / store)
+    settings = Settings(
+        data_dir=tmp_path / "data", snapshot_url=url, snapshot_handoff_dir=tmp_path / "shm"
+    )
+    assert settings.snapshot_handoff_dir == tmp_path / "shm"
