@@ -342,7 +342,7 @@ class Stack(abc.ABC):
         }
         if snapshots is not None:
             env["LOOKALIKE_SNAPSHOT_URL"] = str(snapshots)
-        if getattr(self.args, "handoff", None) is not None:
+        if self.args.handoff is not None:
             env["LOOKALIKE_SNAPSHOT_HANDOFF_DIR"] = str(handoff_dir(self.args, self.base))
         return env
 
@@ -362,7 +362,7 @@ class Stack(abc.ABC):
         self.redis.start()
         self.client = redis.Redis.from_url(self.redis.url)
         self.store = SnapshotStore(self.base / "writer" / "index")
-        if getattr(self.args, "handoff", None) is not None:  # to read both, as the APIs do
+        if self.args.handoff is not None:  # to read both, as the APIs do
             memory = SnapshotStore(handoff_dir(self.args, self.base))
             self.store = HandoffStore(memory, self.store, every=float("inf"))
         self.writer = Child(
@@ -463,7 +463,7 @@ def run_each(
             if args.logs is not None:
                 keep_logs(base, args.logs / base.name)
             shutil.rmtree(base, ignore_errors=True)
-            if getattr(args, "handoff", None) is not None:
+            if args.handoff is not None:
                 shutil.rmtree(handoff_dir(args, base), ignore_errors=True)
         if args.json:
             args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))

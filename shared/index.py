@@ -679,6 +679,7 @@ class PendingSave:
     path: Path
     manifest: dict[str, Any]
     child: int | None = None
+    expected_sha256: str | None = None  # a copy's: the file it was copied from
 
     def wait(self) -> int:
         """Wait for the child, if any; its exit code (0: the file is whole)."""
@@ -693,7 +694,10 @@ class PendingSave:
         code = self.wait()
         if code != 0:
             raise SnapshotError(f"writing snapshot index file {self.path} failed ({code})")
-        self.manifest.update(_seal_file(self.path))
+        sealed = _seal_file(self.path)
+        if self.expected_sha256 not in (None, sealed["index_sha256"]):
+            raise SnapshotError(f"snapshot index file {self.path} changed while it was copied")
+        self.manifest.update(sealed)
         return self.manifest
 
 

@@ -82,14 +82,16 @@ class SnapshotStore:
 
     def begin_copy(self, source: Snapshot) -> PendingSnapshot:
         """Start a copy of another store's committed snapshot, under its name (commit() seals
-        it: the copy's size and SHA-256 are those of the file as copied)."""
+        it, and refuses a copy whose SHA-256 is not the source's)."""
         manifest = json.loads((source.folder / MANIFEST).read_bytes())
         folder = self._pending_folder(source.name)
         folder.mkdir(parents=True, exist_ok=True)
         copy = folder / manifest["index_file"]
         shutil.copyfile(source.folder / manifest["index_file"], copy)
-        del manifest["index_file"], manifest["index_bytes"], manifest["index_sha256"]
-        return PendingSnapshot(source.name, folder, source.position, PendingSave(copy, manifest))
+        expected = manifest.pop("index_sha256")
+        del manifest["index_file"], manifest["index_bytes"]
+        save = PendingSave(copy, manifest, expected_sha256=expected)
+        return PendingSnapshot(source.name, folder, source.position, save)
 
     def _pending_folder(self, name: str) -> Path:
         """Where a snapshot's files are written before commit() publishes them."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.errors import SnapshotError
 from shared.handoff import HandoffStore
 from shared.index import INDEX_FILE
 from shared.settings import Settings
@@ -184,8 +185,10 @@ def test_a_copy_that_differs_from_its_memory_snapshot_is_not_kept(store, clock, 
 
     monkeypatch.setattr(shutil, "copyfile", torn_copy)
 
-    with pytest.raises(OSError, match=f"snapshot {name} changed while it was copied"):
+    partial = store.durable.root / f"{name}.partial" / INDEX_FILE
+    with pytest.raises(SnapshotError, match=f"snapshot index file {partial} changed while"):
         store.persist(store.memory.snapshots()[0])
+    store.prune()  # as the writer does next: the partial copy goes
     assert names(store.durable) == [durable]
     assert names(store.memory) == [name, durable]
 
